@@ -1,0 +1,20 @@
+"""gpart_edu: GPart, Uni-LoRA and LoRA as one theta -> Delta W map, for teaching and checking isometry.
+
+    import gpart_edu as ge
+    adapter = ge.attach(model, "gpart", d=4096, seed=0, targets=["query", "value"])
+"""
+from .attach import Adapter, attach, get_adapter, load_adapter
+from .errors import (AdapterFileError, AttachError, ConfigError, GPartEduError, TargetError,
+                     UnsupportedLayerError)
+from .methods import GPart, LoRA, METHODS, Target, UniLoRA
+from .projections import PartitionProjection
+from .targets import find_targets
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adapter", "attach", "get_adapter", "load_adapter", "find_targets",
+    "GPart", "UniLoRA", "LoRA", "METHODS", "Target", "PartitionProjection",
+    "GPartEduError", "ConfigError", "TargetError", "AttachError", "AdapterFileError",
+    "UnsupportedLayerError", "__version__",
+]

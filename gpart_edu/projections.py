@@ -1,0 +1,198 @@
+"""Partition projections P in R^{D x d}: theta (d,) -> P theta (D,), with P^T P = I exactly.
+
+Math:
+    Every row i of P has exactly one nonzero, in column g(i) (the *group id* of position i):
+        P[i, g(i)] = 1 / sqrt(n_{g(i)}),   n_j = #{i : g(i) = j}  (the group size).
+    Hence (P^T P)_{jk} = sum_i P[i,j] P[i,k] = [j == k] * n_j / n_j = I, provided no group is empty.
+    P theta copies theta_j / sqrt(n_j) into the n_j positions of group j; P^T v sums v over each
+    group and scales by 1 / sqrt(n_j).
+
+Three ways of choosing g (``assignment``):
+    "balanced"    g = randperm(D) mod d: every n_j is floor(D/d) or ceil(D/d). Ids are stored (int32).
+    "multinomial" g(i) ~ Uniform{0..d-1} i.i.d.; empty groups are possible and rejected.
+    "hashed"      g(i) = (splitmix64_i(seed) >> 1) mod d, computed on the fly from the position i:
+                  no per-weight state, identical for any chunking of the positions and on any device.
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+ASSIGNMENTS = ("balanced", "multinomial", "hashed")
+DEFAULT_DENSE_LIMIT_BYTES = 1 << 30  # to_dense refuses beyond 1 GiB
+
+# SplitMix64 constants as signed int64 (torch has no full uint64 arithmetic; int64 wraps the same way)
+_GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)
+_MIX1 = 0xBF58476D1CE4E5B9 - (1 << 64)
+_MIX2 = 0x94D049BB133111EB - (1 << 64)
+
+
+def as_positive_int(value, name: str, hint: str = "") -> int:
+    """Return ``value`` as a Python int >= 1, or raise a ConfigError naming ``name``."""
+    if isinstance(value, bool) or isinstance(value, float):
+        raise ConfigError(f"{name} must be a positive integer, got {value!r} ({type(value).__name__}){hint}")
+    try:
+        out = operator.index(value)
+    except TypeError:
+        raise ConfigError(
+            f"{name} must be a positive integer, got {value!r} ({type(value).__name__}){hint}"
+        ) from None
+    if out < 1:
+        raise ConfigError(f"{name} must be >= 1, got {out}{hint}")
+    return out
+
+
+def _shr(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical (unsigned) right shift of int64 ``x`` by k bits."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def _mix64(z: torch.Tensor) -> torch.Tensor:
+    """SplitMix64 finaliser on int64 tensors (wrap-around arithmetic = uint64 arithmetic)."""
+    z = (z ^ _shr(z, 30)) * _MIX1
+    z = (z ^ _shr(z, 27)) * _MIX2
+    return z ^ _shr(z, 31)
+
+
+def _seed_state(seed: int) -> int:
+    """Mix a user seed into a 64-bit SplitMix64 starting state (as a signed int64 value)."""
+    v = seed & ((1 << 64) - 1)
+    v = v - (1 << 64) if v >= (1 << 63) else v
+    return int(_mix64(torch.tensor([v], dtype=torch.int64)).item())
+
+
+def hashed_group_ids(seed: int, start: int, stop: int, d: int, device=None) -> torch.Tensor:
+    """Group ids of positions [start, stop) under the hashed assignment, as int64.
+
+    id(i) = (mix64(state + (i + 1) * GOLDEN) >>> 1) mod d with state = mix64(seed): the i-th output of a
+    SplitMix64 stream. Pure function of (seed, i, d): any chunking of the range gives the same ids.
+    """
+    pos = torch.arange(start, stop, dtype=torch.int64, device=device)
+    z = (pos + 1) * _GOLDEN + _seed_state(seed)
+    return _shr(_mix64(z), 1) % d
+
+
+class PartitionProjection(nn.Module):
+    """Sparse isometric projection P in R^{D x d} (one nonzero per row, columns scaled 1/sqrt(n_j)).
+
+    Shapes: ``P(theta)`` maps (d,) -> (D,); ``P.adjoint(v)`` maps (D,) -> (d,).
+    State: ``counts`` (d,) int64 always; group ids (D,) int32 for balanced/multinomial (built lazily,
+    regenerable from the seed), none for hashed.
+    """
+
+    def __init__(self, D: int, d: int, seed: int = 0, assignment: str = "balanced",
+                 hash_chunk: int = 1 << 24):
+        super().__init__()
+        D = as_positive_int(D, "D")
+        d = as_positive_int(d, "d", f" (the number of trainable parameters; choose 1 <= d <= D={D:,})")
+        if d > D:
+            raise ConfigError(f"d={d:,} exceeds D={D:,} weights to adapt; choose d <= {D:,}")
+        if assignment not in ASSIGNMENTS:
+            raise ConfigError(f"unknown assignment {assignment!r}; choose one of {', '.join(ASSIGNMENTS)}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            try:
+                seed = operator.index(seed)
+            except TypeError:
+                raise ConfigError(f"seed must be an integer, got {seed!r}") from None
+        self.D, self.d, self.seed, self.assignment = D, d, int(seed), assignment
+        self.hash_chunk = int(hash_chunk)
+        self.register_buffer("_ids", None, persistent=False)
+        if assignment == "balanced":
+            q, rem = divmod(D, d)  # group j holds the k < D with k = j (mod d): q or q + 1 of them
+            counts = torch.full((d,), q, dtype=torch.int64)
+            counts[:rem] += 1
+        elif assignment == "multinomial":
+            self._ids = self._build_ids()
+            counts = torch.bincount(self._ids.long(), minlength=d)
+        else:
+            counts = torch.zeros(d, dtype=torch.int64)
+            for a in range(0, D, self.hash_chunk):
+                counts += torch.bincount(hashed_group_ids(self.seed, a, min(D, a + self.hash_chunk), d),
+                                         minlength=d)
+        empty = int((counts == 0).sum())
+        if empty:
+            raise ConfigError(
+                f"{assignment} assignment left {empty:,} of d={d:,} groups empty (D={D:,}), so P^T P != I "
+                f"and those parameters would never be trained; use assignment='balanced' or a smaller d "
+                f"(d <= D/10 makes empty groups unlikely)"
+            )
+        self.register_buffer("counts", counts, persistent=False)
+
+    # ----------------------------------------------------------------------------------- ids
+    def _build_ids(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed)
+        if self.assignment == "balanced":
+            ids = torch.randperm(self.D, generator=g) % self.d
+        else:
+            ids = torch.randint(0, self.d, (self.D,), generator=g)
+        return ids.to(torch.int32)
+
+    @property
+    def stores_ids(self) -> bool:
+        """True if group ids are kept in memory (balanced, multinomial); False for hashed."""
+        return self.assignment != "hashed"
+
+    def index(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Group ids of positions [start, stop) as an index tensor (int32 view or fresh int64)."""
+        stop = self.D if stop is None else stop
+        if self.assignment == "hashed":
+            return hashed_group_ids(self.seed, start, stop, self.d, device=self.counts.device)
+        if self._ids is None:
+            self._ids = self._build_ids().to(self.counts.device)
+        return self._ids[start:stop]
+
+    def group_ids(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Return g(i) for positions [start, stop) as a LongTensor (default: all D positions)."""
+        return self.index(start, stop).long()
+
+    # ------------------------------------------------------------------------------- algebra
+    @property
+    def scales(self) -> torch.Tensor:
+        """Column scales 1/sqrt(n_j), shape (d,), float64."""
+        return self.counts.double().rsqrt()
+
+    def scaled(self, theta: torch.Tensor) -> torch.Tensor:
+        """theta_j / sqrt(n_j) in theta's dtype, shape (d,)."""
+        self._check_theta(theta)
+        return theta * self.scales.to(theta.dtype)
+
+    def forward(self, theta: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Return (P theta)[start:stop]; default the whole (D,) vector. Differentiable in theta."""
+        return self.scaled(theta).index_select(0, self.index(start, stop))
+
+    def adjoint(self, v: torch.Tensor) -> torch.Tensor:
+        """Return P^T v, shape (d,): group sums of v scaled by 1/sqrt(n_j)."""
+        if v.shape != (self.D,):
+            raise ConfigError(f"adjoint expects a vector of shape ({self.D},), got {tuple(v.shape)}")
+        out = v.new_zeros(self.d)
+        for a in range(0, self.D, self.hash_chunk):
+            b = min(self.D, a + self.hash_chunk)
+            out = out.index_add(0, self.index(a, b), v[a:b])
+        return out * self.scales.to(v.dtype)
+
+    def to_dense(self, dtype=torch.float64, max_bytes: int = DEFAULT_DENSE_LIMIT_BYTES) -> torch.Tensor:
+        """Return P as a dense (D, d) matrix, for small sizes only (teaching and tests)."""
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        need = self.D * self.d * itemsize
+        if need > max_bytes:
+            raise ConfigError(
+                f"to_dense would allocate a {self.D:,} x {self.d:,} matrix ({need / 2**30:.2f} GiB > "
+                f"limit {max_bytes / 2**30:.2f} GiB); use P(theta) / P.adjoint(v) instead, or pass a "
+                f"larger max_bytes if you really have the memory"
+            )
+        P = torch.zeros(self.D, self.d, dtype=dtype, device=self.counts.device)
+        rows = torch.arange(self.D, device=self.counts.device)
+        ids = self.group_ids()
+        P[rows, ids] = self.scales.to(dtype)[ids]
+        return P
+
+    def _check_theta(self, theta: torch.Tensor) -> None:
+        if theta.dim() != 1 or theta.shape[0] != self.d:
+            raise ConfigError(f"theta must have shape ({self.d},), got {tuple(theta.shape)}")
+
+    def extra_repr(self) -> str:
+        return f"D={self.D:,}, d={self.d:,}, seed={self.seed}, assignment={self.assignment!r}"
