@@ -3,7 +3,7 @@
     import gpart_edu as ge
     adapter = ge.attach(model, "gpart", d=4096, seed=0, targets=["query", "value"])
 """
-from .attach import Adapter, attach, get_adapter, load_adapter
+from .adapter import Adapter, attach, get_adapter, load_adapter
 from .errors import (AdapterFileError, AttachError, ConfigError, GPartEduError, TargetError,
                      UnsupportedLayerError)
 from .methods import GPart, LoRA, METHODS, Target, UniLoRA

@@ -45,12 +45,15 @@ def resolve_model(name_or_path: str) -> str:
 @contextlib.contextmanager
 def _quiet_transformers():
     from transformers.utils import logging as hf_logging
-    old = hf_logging.get_verbosity()
+    old, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         hf_logging.set_verbosity(old)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def load_classifier(name_or_path: str = MINILM, num_labels: int = 2, dtype=torch.float32, seed: int = 0):

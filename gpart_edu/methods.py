@@ -56,9 +56,8 @@ def layer_output(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias)
     """Forward of a Linear / Conv1D ``module`` with ``weight`` (stored orientation) and ``bias``."""
     if isinstance(module, nn.Linear):
         return F.linear(x, weight, bias)
-    out = x.reshape(-1, x.shape[-1]) @ weight
-    if bias is not None:
-        out = out + bias
+    x2 = x.reshape(-1, x.shape[-1])
+    out = x2 @ weight if bias is None else torch.addmm(bias, x2, weight)  # as HF Conv1D
     return out.reshape(*x.shape[:-1], weight.shape[-1])
 
 
@@ -172,14 +171,16 @@ class GPartLinearFn(torch.autograd.Function):
         cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else weight.dtype
         with torch.autocast(dev, enabled=False):
             w = (weight + theta_s.index_select(0, P.index(a, b)).view_as(weight).to(weight.dtype)).to(cdt)
-            x2 = x.reshape(-1, x.shape[-1]).to(cdt)
-            y = x2 @ w.t() if is_linear else x2 @ w
-            if bias is not None:
-                y = y + bias.to(cdt)
+            b_c = None if bias is None else bias.to(cdt)
+            if is_linear:  # the very kernels of nn.Linear / Conv1D: theta = 0 reproduces the base bit-for-bit
+                y = F.linear(x.to(cdt), w, b_c)
+            else:
+                x2 = x.reshape(-1, x.shape[-1]).to(cdt)
+                y = (x2 @ w if b_c is None else torch.addmm(b_c, x2, w)).reshape(*x.shape[:-1], w.shape[-1])
         ctx.save_for_backward(x, weight, theta_s)
         ctx.P, ctx.a, ctx.b, ctx.is_linear, ctx.cdt = P, a, b, is_linear, cdt
         ctx.has_bias = bias is not None
-        return y.reshape(*x.shape[:-1], y.shape[-1])
+        return y
 
     @staticmethod
     def backward(ctx, grad_y):

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attach import ADAPTER_ATTR, get_adapter
+from .adapter import ADAPTER_ATTR, get_adapter
 from .errors import ConfigError
 from .runtime import device as pick_device
 

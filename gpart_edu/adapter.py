@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import types
-import weakref
 
 import torch
 from torch import nn
@@ -35,6 +33,16 @@ def _resolve_method(method) -> str:
     return ALIASES[method.lower()]
 
 
+class _LayerForward:
+    """The redirected ``forward`` of adapted layer i (a plain object, so deepcopy / pickle keep working)."""
+
+    def __init__(self, adapter, index: int, module: nn.Module):
+        self.adapter, self.index, self.module = adapter, index, module
+
+    def __call__(self, x):
+        return self.adapter._forward_layer(self.index, self.module, x)
+
+
 class Adapter(nn.Module):
     """theta (the one trainable nn.Parameter) + a Method + the redirected layers of one model."""
 
@@ -47,7 +55,7 @@ class Adapter(nn.Module):
         self._merged_theta = None
         self._layers: list[nn.Module] = []      # the adapted modules (plain list: not re-registered)
         self._frozen: dict[str, bool] = {}       # original requires_grad of every model parameter
-        self._model_ref = None                   # weakref to the model (the model owns the adapter)
+        object.__setattr__(self, "_model", None)  # the model (plain attribute: not a registered child)
         self.trainable_names: list[str] = []     # extra (head) parameters left trainable
 
     # ------------------------------------------------------------------------------- the map
@@ -92,7 +100,7 @@ class Adapter(nn.Module):
     @property
     def model(self) -> nn.Module | None:
         """The model this adapter is attached to (None once detached)."""
-        return self._model_ref() if self._model_ref is not None else None
+        return self._model
 
     def _check_attached(self, action: str):
         if self.model is None:
@@ -151,7 +159,8 @@ class Adapter(nn.Module):
             if n in self._frozen:
                 p.requires_grad_(self._frozen[n])
         delattr(model, ADAPTER_ATTR)
-        self._layers, self._model_ref = [], None
+        self._layers = []
+        object.__setattr__(self, "_model", None)
         return model
 
     # -------------------------------------------------------------------------------- save
@@ -231,10 +240,10 @@ def attach(model: nn.Module, method: str, *, targets="all-linear", trainable="au
         for n, p in model.named_parameters():
             p.requires_grad_(n in head_params)
         model.add_module(ADAPTER_ATTR, adapter)
-        adapter._model_ref = weakref.ref(model)
+        object.__setattr__(adapter, "_model", model)
         adapter._frozen, adapter.trainable_names = frozen, head_params
         for i, (_, m) in enumerate(found):
-            m.forward = types.MethodType(lambda mod, x, _i=i: adapter._forward_layer(_i, mod, x), m)
+            m.forward = _LayerForward(adapter, i, m)
             setattr(m, _PATCH_FLAG, True)
             adapter._layers.append(m)
     except BaseException:
