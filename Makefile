@@ -13,7 +13,7 @@ STAMP       = $(VENV)/.installed
 PYTEST_ARGS ?=
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: venv lab test test-fast clean
+.PHONY: venv lab test test-fast bench clean
 
 venv: $(STAMP)
 
@@ -35,6 +35,9 @@ test: venv
 
 test-fast: venv
 	env -u MPLBACKEND GPART_EDU_MODE=smoke $(BIN)/python -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python benchmarks/bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
