@@ -66,7 +66,7 @@ FLOWS = [
 ]
 WIDGET_MODULES = re.compile(r"\bgpart_edu\.widgets\b|from gpart_edu import (.*\b)?widgets\b")
 SERVER_START_S, STEP_S, KERNEL_IDLE_S, SLIDER_S, TEARDOWN_S = 90, 30, 120, 60, 30
-HARD_DEADLINE_S = 120 + sum(f.run_timeout_s + KERNEL_IDLE_S + 2 * SLIDER_S + 60 for f in FLOWS)
+HARD_DEADLINE_S = 300 + sum(f.run_timeout_s + KERNEL_IDLE_S + 2 * SLIDER_S + 60 for f in FLOWS)
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage"]

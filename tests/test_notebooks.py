@@ -23,7 +23,7 @@ from nbclient import NotebookClient
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 CELL_TIMEOUT = 600
-CLAIM = re.compile(r"^(ok |FAIL) .*$", re.M)       # what gpart_edu.runtime.check prints
+CLAIM = re.compile(r"^(ok|FAIL) +\S.*$", re.M)       # what gpart_edu.runtime.check prints
 
 
 def kernel_env(mode: str = "smoke", base: dict | None = None) -> dict:
