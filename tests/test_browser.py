@@ -45,7 +45,14 @@ import clean_notebooks  # noqa: E402  (scripts/clean_notebooks.py: the committed
 
 @dataclass(frozen=True)
 class Flow:
-    """One notebook to open and run; optionally one explorer slider to move with the keyboard."""
+    """One notebook to open and run; optionally one explorer slider to move with the keyboard.
+
+    Selectors are CSS, matched in the whole notebook in document order (``*_index`` picks one). Explorer
+    functions should ``add_class`` stable names to their box and readout (as widgets.theta_scale_explorer
+    does with "gpart-explorer" / "gpart-explorer-readout"); otherwise ".widget-slider .noUi-handle" with
+    slider_index and e.g. ".widget-html" or ".widget-output" with output_index work too. The output's text
+    and image sources are compared, so a figure redrawn into an Output widget counts as a change.
+    """
 
     notebook: str                      # file name in notebooks/
     slider: str | None = None          # CSS selector of slider handles (noUiSlider) in the notebook
@@ -64,7 +71,7 @@ FLOWS = [
     Flow("00_quickstart.ipynb", slider=EXPLORER_SLIDER, output=EXPLORER_READOUT, presses=2,
          expect_text="t = +1.50"),   # slider starts at t = 1.00, step 0.25
 ]
-WIDGET_MODULES = re.compile(r"\bgpart_edu\.widgets\b|from gpart_edu import (.*\b)?widgets\b")
+EXPLORER_CALL = re.compile(r"\b\w+_explorer\(")   # gpart_edu.widgets.theta_scale_explorer(, isometry_explorer(, ...
 SERVER_START_S, STEP_S, KERNEL_IDLE_S, SLIDER_S, TEARDOWN_S = 90, 30, 120, 60, 30
 HARD_DEADLINE_S = 300 + sum(f.run_timeout_s + KERNEL_IDLE_S + 2 * SLIDER_S + 60 for f in FLOWS)
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -362,9 +369,9 @@ def test_every_notebook_with_an_explorer_widget_has_a_slider_flow():
     for p in clean_notebooks.notebooks(ROOT):
         src = "\n".join(c["source"] if isinstance(c["source"], str) else "".join(c["source"])
                         for c in json.loads(p.read_text())["cells"] if c["cell_type"] == "code")
-        if WIDGET_MODULES.search(src):
+        if EXPLORER_CALL.search(src):
             assert p.name in flows and flows[p.name].slider, \
-                f"{p.name} builds gpart_edu.widgets explorers: add a Flow with its slider to tests/test_browser.py"
+                f"{p.name} builds an explorer widget: add a Flow with its slider to FLOWS in tests/test_browser.py"
     assert all((ROOT / "notebooks" / f.notebook).exists() for f in FLOWS)
 
 
