@@ -141,6 +141,18 @@ class _EvalMode:
             m.training = flag
 
 
+def fingerprint(model: nn.Module) -> str:
+    """sha256 of every state-dict tensor's bytes and every requires_grad flag: equal before/after = untouched."""
+    import hashlib
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    for k, p in model.named_parameters():
+        h.update(f"{k}:{p.requires_grad}".encode())
+    return h.hexdigest()
+
+
 # ------------------------------------------------------------------------------------- directions
 @dataclass
 class Direction:

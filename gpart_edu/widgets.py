@@ -43,7 +43,7 @@ def landscape_explorer(problem=None, methods=("gpart", "unilora", "lora"), d_val
 
     ``problem``: (model_factory, train_data, eval_data) (default: an MLP on 8x8 digits, a second per redraw).
     Every adaptable layer is targeted; only theta trains. ``box.state`` holds the last ``landscape``,
-    ``figure`` and ``message``; ``box.controls`` the controls; ``box.refresh()`` recomputes by hand.
+    ``figure``, ``message`` and trained ``model``; ``box.controls`` the controls; ``box.refresh()`` recomputes by hand.
     """
     import ipywidgets as W
     import matplotlib.pyplot as plt
@@ -71,7 +71,8 @@ def landscape_explorer(problem=None, methods=("gpart", "unilora", "lora"), d_val
     cache = {}
     box = W.VBox([W.HBox([controls["method"], controls["d"]]), W.HBox([controls["span"], controls["resolution"]]),
                   controls["direction"], status, output])
-    box.controls, box.output, box.state = controls, output, {"landscape": None, "figure": None, "message": ""}
+    box.controls, box.output = controls, output
+    box.state = {"landscape": None, "figure": None, "message": "", "model": None}
 
     def trained(method, d):
         key = (method, d)
@@ -98,7 +99,7 @@ def landscape_explorer(problem=None, methods=("gpart", "unilora", "lora"), d_val
         if u.kind == "filter-linearized":
             msg += " — the map is bilinear: the filter direction is pulled back with J(θ*)ᵀ (first order only)"
         fig = plots.plot_landscape_contours({f"{c['method']} (θ-count {obj.d})": surf}) if draw else None
-        box.state.update(landscape=surf, figure=fig, message=msg)
+        box.state.update(landscape=surf, figure=fig, message=msg, model=model)
         status.value = msg
         if fig is not None:
             if _in_kernel():  # outside a kernel (pytest) there is nothing to display into
