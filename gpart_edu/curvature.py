@@ -174,6 +174,32 @@ class Curvature:
         return self.lambda_max / self.lambda_min
 
 
+def eigsh_operator(matvec, n: int, k: int = 1, which: str = "LA", tol: float = 1e-8, maxiter=None, ncv=None,
+                   seed: int = 0, dtype=torch.float64, device=None):
+    """Lanczos (``scipy.sparse.linalg.eigsh``) on a symmetric operator given as a torch matvec.
+
+    Returns (eigenvalues descending (k,), eigenvectors (n, k), number of matvecs). Works for any of
+    ``hvp``, ``weight_hvp``, ``pullback_hvp``; the seeded start vector makes it deterministic.
+    """
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    k = as_positive_int(k, "k")
+    if k >= n:
+        raise ConfigError(f"eigsh needs k < d; got k={k}, d={n}: use curvature.hessian(obj) and eigvalsh for tiny d")
+    count = [0]
+
+    def mv(x):
+        count[0] += 1
+        x = torch.as_tensor(np.asarray(x).reshape(-1), dtype=dtype, device=device)
+        return matvec(x).to(torch.float64).cpu().numpy()
+
+    op = LinearOperator((n, n), matvec=mv, dtype=np.float64)
+    v0 = np.random.default_rng(seed).standard_normal(n)
+    vals, vecs = eigsh(op, k=k, which=which, tol=tol, maxiter=maxiter, ncv=ncv, v0=v0)
+    order = np.argsort(vals)[::-1]
+    return vals[order], vecs[:, order], count[0]
+
+
 def top_eigenvalues(obj: Objective, theta=None, k: int = 5, smallest: bool = True, tol: float = 1e-8,
                     maxiter: int | None = None, ncv: int | None = None, seed: int = 0,
                     mode: str = "forward-over-reverse") -> Curvature:
@@ -182,32 +208,18 @@ def top_eigenvalues(obj: Objective, theta=None, k: int = 5, smallest: bool = Tru
     ``smallest``: also the algebraically smallest eigenvalue (a second eigsh run, which="SA"), for the
     condition estimate. ``tol`` is eigsh's relative accuracy. The start vector is seeded (deterministic).
     """
-    from scipy.sparse.linalg import LinearOperator, eigsh
-
-    k = as_positive_int(k, "k")
-    d = obj.d
-    if k >= d:
-        raise ConfigError(f"eigsh needs k < d; got k={k}, d={d}: use curvature.hessian(obj) and eigvalsh for tiny d")
     apply = hvp(obj, theta, mode)
-    dtype, count = obj.adapter.theta.dtype, [0]
-
-    def mv(x):
-        count[0] += 1
-        x = torch.as_tensor(np.asarray(x).reshape(-1), dtype=dtype, device=obj.device)
-        return apply(x).to(torch.float64).cpu().numpy()
-
-    op = LinearOperator((d, d), matvec=mv, dtype=np.float64)
-    v0 = np.random.default_rng(seed).standard_normal(d)
+    dtype, d = obj.adapter.theta.dtype, obj.d
+    opts = dict(tol=tol, maxiter=maxiter, ncv=ncv, seed=seed, dtype=dtype, device=obj.device)
     t0 = time.perf_counter()
-    vals, vecs = eigsh(op, k=k, which="LA", tol=tol, maxiter=maxiter, ncv=ncv, v0=v0)
-    order = np.argsort(vals)[::-1]
+    vals, vecs, n_mv = eigsh_operator(apply, d, k=k, which="LA", **opts)
     lam_min = None
     if smallest:
-        lam_min = float(eigsh(op, k=1, which="SA", tol=tol, maxiter=maxiter, ncv=ncv, v0=v0,
-                              return_eigenvectors=False)[0])
+        low, _, n_low = eigsh_operator(apply, d, k=1, which="SA", **opts)
+        lam_min, n_mv = float(low[0]), n_mv + n_low
     meta = {"method": obj.adapter.method.name, "d": d, "k": k, "tol": tol, "mode": mode,
             "n_examples": obj.n_examples, "dtype": str(dtype)}
-    return Curvature(vals[order], vecs[:, order], lam_min, count[0], time.perf_counter() - t0, meta)
+    return Curvature(vals, vecs, lam_min, n_mv, time.perf_counter() - t0, meta)
 
 
 # ------------------------------------------------------------------- stochastic Lanczos quadrature

@@ -17,7 +17,8 @@ Direction choices (``Direction.kind``):
                     theta -> Delta W at theta*. GPart: J = P, so u = P^T delta = P^+ delta and P u = P P^T delta
                     is the orthogonal projection of delta onto the weights GPart can reach (about sqrt(d/D)
                     of its norm). LoRA / Uni-LoRA: the map is bilinear, J depends on theta* and J^T delta is
-                    not a preimage of delta; it is offered only with ``linearize=True`` and labelled so.
+                    not a preimage of delta; it is offered only with ``linearize=True`` and labelled
+                    "filter-linearized".
 """
 from __future__ import annotations
 
@@ -59,9 +60,9 @@ class _LossModule(nn.Module):
         return self.loss_fn(self.model, batch)
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class Objective:
-    """L(theta) = mean loss of ``model`` over a fixed evaluation set, evaluated functionally.
+    """Evaluate L(theta) = mean loss of ``model`` over a fixed evaluation set, functionally.
 
     ``data``: dict of equal-length tensors with "labels", or a tuple (x, y), as in ``train.fit``.
     ``loss_fn(model, batch)`` returns the mean loss of a batch (default ``cross_entropy_loss``).
@@ -83,7 +84,13 @@ class Objective:
         self.batch_size = as_positive_int(self.batch_size, "batch_size")
         self._wrapped = _LossModule(self.model, self.loss_fn)
         self.device = self.adapter.theta.device
-        n = len(self.data["labels"]) if isinstance(self.data, dict) else len(self.data[0])
+        if isinstance(self.data, dict) and self.data:
+            n = len(next(iter(self.data.values())))
+        elif isinstance(self.data, (tuple, list)) and len(self.data) == 2:
+            n = len(self.data[0])
+        else:
+            raise ConfigError(f"data must be a dict of equal-length tensors or a tuple (x, y), got "
+                              f"{type(self.data).__name__}")
         if n < 1:
             raise ConfigError("evaluation data is empty; pass at least one example")
         self.n_examples = n
@@ -93,6 +100,10 @@ class Objective:
             part = ({k: v[sl].to(self.device) for k, v in self.data.items()} if isinstance(self.data, dict)
                     else tuple(v[sl].to(self.device) for v in self.data))
             self.chunks.append((part, (sl.stop - sl.start) / n))
+
+    def __repr__(self) -> str:
+        return (f"Objective(method={self.adapter.method.name}, d={self.d:,}, n_examples={self.n_examples}, "
+                f"chunks={len(self.chunks)}, loss_fn={getattr(self.loss_fn, '__name__', self.loss_fn)})")
 
     @property
     def d(self) -> int:

@@ -146,11 +146,14 @@ def plot_spectral_density(densities: dict, ax=None, sigma: float | None = None, 
     width = max(hi - lo, 1e-12)
     s = sigma or width / 60
     x = np.linspace(lo - 3 * s, hi + 3 * s, n)
+    top = 0.0
     for label, (nodes, weights) in densities.items():
         dens = (weights[None, :] * np.exp(-(x[:, None] - nodes[None, :]) ** 2 / (2 * s * s))).sum(1)
-        ax.plot(x, dens / (s * np.sqrt(2 * np.pi)), label=label)
+        dens = dens / (s * np.sqrt(2 * np.pi))
+        top = max(top, float(dens.max()))
+        ax.plot(x, dens, label=label)
     ax.set_yscale("log")
-    ax.set_ylim(bottom=1e-4 / width)
+    ax.set_ylim(top * 1e-6, top * 3)
     ax.set_xlabel("eigenvalue of H_θ")
     ax.set_ylabel("density (smoothed)")
     ax.grid(alpha=0.3)

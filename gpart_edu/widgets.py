@@ -53,13 +53,13 @@ def landscape_explorer(problem=None, methods=("gpart", "unilora", "lora"), d_val
     from .targets import describe, find_targets
 
     factory, train_data, eval_data = problem or _digits_problem()
-    lr = {"gpart": 5e-2, "unilora": 2e-2, "lora": 1e-2, **(lr or {})}
+    lr = {"gpart": 5e-2, "unilora": 1e-1, "lora": 5e-2, **(lr or {})}  # a short sweep on the default problem
     sizes = [(t.in_features, t.out_features) for t in (describe(n, m) for n, m in find_targets(factory()))]
     controls = {
         "method": W.Dropdown(options=list(methods), value=methods[0], description="method"),
         "d": W.SelectionSlider(options=list(d_values), value=d_values[len(d_values) // 2], description="d",
                                continuous_update=False),
-        "span": W.FloatLogSlider(value=1.0, base=10, min=-1, max=1.3, step=0.1, description="span",
+        "span": W.FloatLogSlider(value=5.0, base=10, min=-1, max=1.3, step=0.1, description="span",
                                  continuous_update=False),
         "resolution": W.IntSlider(value=11, min=5, max=31, step=2, description="resolution",
                                   continuous_update=False),
@@ -95,6 +95,7 @@ def landscape_explorer(problem=None, methods=("gpart", "unilora", "lora"), d_val
             u, v = landscape.random_directions(obj.d, 2, seed=0, dtype=obj.theta.dtype)
         surf = landscape.grid(obj, u, v, span=c["span"], n=c["resolution"], progress=False)
         msg = (f"{c['method']}: {obj.d} trainable, held-out accuracy {acc:.3f}, loss at θ* {surf.center_loss:.4f}, "
+               f"on the plane {surf.loss.min():.4f} … {surf.loss.max():.4f}; "
                f"grid {c['resolution']}×{c['resolution']} in {surf.meta['seconds']:.2f} s")
         if u.kind == "filter-linearized":
             msg += " — the map is bilinear: the filter direction is pulled back with J(θ*)ᵀ (first order only)"

@@ -118,6 +118,11 @@ def test_gpart_theta_hessian_equals_PT_HW_P(kind, case):
     for vw in torch.randn(3, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64):
         assert torch.allclose(hw(vw), H_W @ vw, rtol=1e-9, atol=1e-14)
     assert torch.allclose(C.dense(C.pullback_hvp(obj), obj.d), H_theta, rtol=1e-9, atol=1e-14)
+    eig_theta, eig_W = torch.linalg.eigvalsh(H_theta), torch.linalg.eigvalsh(H_W)
+    assert eig_theta[-1] <= eig_W[-1] + 1e-12 and eig_theta[0] >= eig_W[0] - 1e-12   # Cauchy interlacing
+    if kind == "mlp":                                          # Lanczos on the weight-space operator too
+        top_W, _, _ = C.eigsh_operator(hw, D, k=2, tol=0)
+        np.testing.assert_allclose(top_W, eig_W.numpy()[::-1][:2], rtol=1e-6)
 
 
 class _Bound(torch.nn.Module):
