@@ -66,7 +66,7 @@ def hvp(obj: Objective, theta=None, mode: str = "forward-over-reverse"):
 
 
 def gradient(obj: Objective, theta=None) -> torch.Tensor:
-    """dL/dtheta at theta (default theta*), over the whole evaluation set."""
+    """Return dL/dtheta at theta (default theta*), over the whole evaluation set."""
     t = obj.theta if theta is None else obj.as_theta(theta)
     total = torch.zeros_like(t)
     with obj.eval_mode():
@@ -76,13 +76,13 @@ def gradient(obj: Objective, theta=None) -> torch.Tensor:
 
 
 def dense(matvec, n: int, dtype=torch.float64, device=None) -> torch.Tensor:
-    """The n x n matrix of a linear map given as a matvec (n calls; small n only: tests, teaching)."""
+    """Return the n x n matrix of a linear map given as a matvec (n calls; small n only: tests, teaching)."""
     cols = [matvec(torch.eye(n, dtype=dtype, device=device)[i]).to(torch.float64) for i in range(n)]
     return torch.stack(cols, dim=1)
 
 
 def hessian(obj: Objective, theta=None, mode: str = "forward-over-reverse") -> torch.Tensor:
-    """Dense d x d Hessian H_theta (float64), from d HVPs. For small d only."""
+    """Return the dense d x d Hessian H_theta (float64), from d HVPs. For small d only."""
     return dense(hvp(obj, theta, mode), obj.d, obj.adapter.theta.dtype, obj.adapter.theta.device)
 
 
@@ -176,7 +176,7 @@ class Curvature:
 
 def eigsh_operator(matvec, n: int, k: int = 1, which: str = "LA", tol: float = 1e-8, maxiter=None, ncv=None,
                    seed: int = 0, dtype=torch.float64, device=None):
-    """Lanczos (``scipy.sparse.linalg.eigsh``) on a symmetric operator given as a torch matvec.
+    """Run Lanczos (``scipy.sparse.linalg.eigsh``) on a symmetric operator given as a torch matvec.
 
     Returns (eigenvalues descending (k,), eigenvectors (n, k), number of matvecs). Works for any of
     ``hvp``, ``weight_hvp``, ``pullback_hvp``; the seeded start vector makes it deterministic.
@@ -203,7 +203,7 @@ def eigsh_operator(matvec, n: int, k: int = 1, which: str = "LA", tol: float = 1
 def top_eigenvalues(obj: Objective, theta=None, k: int = 5, smallest: bool = True, tol: float = 1e-8,
                     maxiter: int | None = None, ncv: int | None = None, seed: int = 0,
                     mode: str = "forward-over-reverse") -> Curvature:
-    """Top-k eigenvalues of H_theta by Lanczos (``scipy.sparse.linalg.eigsh`` on a LinearOperator).
+    """Compute the top-k eigenvalues of H_theta by Lanczos (``scipy.sparse.linalg.eigsh`` on a LinearOperator).
 
     ``smallest``: also the algebraically smallest eigenvalue (a second eigsh run, which="SA"), for the
     condition estimate. ``tol`` is eigsh's relative accuracy. The start vector is seeded (deterministic).
@@ -224,7 +224,7 @@ def top_eigenvalues(obj: Objective, theta=None, k: int = 5, smallest: bool = Tru
 
 # ------------------------------------------------------------------- stochastic Lanczos quadrature
 def lanczos(matvec, v0: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """m steps of Lanczos with full reorthogonalisation from v0: (alpha (m,), beta (m-1,)) of T.
+    """Run m steps of Lanczos with full reorthogonalisation from v0: (alpha (m,), beta (m-1,)) of T.
 
     Math: for unit v0, sum_i tau_i^2 rho_i^p = v0^T H^p v0 for p <= 2m - 1, where rho_i are the eigenvalues
     of the tridiagonal T and tau_i the first components of its eigenvectors (Gauss quadrature).
@@ -249,8 +249,11 @@ def lanczos(matvec, v0: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
 
 def spectral_density(obj: Objective, theta=None, m: int = 30, n_probes: int = 3, seed: int = 0,
                      mode: str = "forward-over-reverse") -> tuple[np.ndarray, np.ndarray]:
-    """Stochastic Lanczos quadrature: (nodes, weights) whose weighted histogram estimates the eigenvalue
-    density of H_theta (weights sum to 1; m Lanczos steps from each of ``n_probes`` Rademacher probes)."""
+    """Estimate the eigenvalue density of H_theta by stochastic Lanczos quadrature.
+
+    Returns (nodes, weights): a weighted histogram of the nodes estimates the density (weights sum to 1);
+    m Lanczos steps from each of ``n_probes`` Rademacher probes, i.e. m * n_probes HVPs.
+    """
     from scipy.linalg import eigh_tridiagonal
 
     apply = hvp(obj, theta, mode)

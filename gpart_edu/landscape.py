@@ -153,7 +153,7 @@ class _EvalMode:
 
 
 def fingerprint(model: nn.Module) -> str:
-    """sha256 of every state-dict tensor's bytes and every requires_grad flag: equal before/after = untouched."""
+    """Return a sha256 of every state-dict tensor's bytes and requires_grad flag (equal before/after = untouched)."""
     import hashlib
     h = hashlib.sha256()
     for k, v in model.state_dict().items():
@@ -177,7 +177,7 @@ class Direction:
 
 
 def random_directions(d: int, k: int = 2, seed: int = 0, dtype=torch.float32, device=None) -> list[Direction]:
-    """k orthonormal Gaussian directions in R^d, from ``seed`` only (the same for any method with this d)."""
+    """Draw k orthonormal Gaussian directions in R^d, from ``seed`` only (the same for any method with this d)."""
     d, k = as_positive_int(d, "d"), as_positive_int(k, "k")
     if k > d:
         raise ConfigError(f"cannot draw k={k} orthonormal directions in d={d} dimensions; use k <= d")
@@ -267,7 +267,7 @@ class Landscape:
 
 
 def symmetric_coords(span: float, n: int) -> np.ndarray:
-    """n points from -span to span that contain 0 exactly (n odd)."""
+    """Return n points from -span to span that contain 0 exactly (n odd)."""
     n = as_positive_int(n, "n")
     if n % 2 == 0 or n < 3:
         raise ConfigError(f"n={n}: use an odd number >= 3 so that the grid contains theta* itself (e.g. {n + 1})")
@@ -277,12 +277,13 @@ def symmetric_coords(span: float, n: int) -> np.ndarray:
     return float(span) * np.arange(-k, k + 1, dtype=np.float64) / k
 
 
-def _evaluate(obj: Objective, points, desc: str, progress: bool) -> np.ndarray:
+def _evaluate(obj: Objective, points, total: int, desc: str, progress: bool) -> np.ndarray:
+    """Loss at each theta of the iterable ``points`` (generated lazily: only one (d,) point in memory)."""
     from tqdm.auto import tqdm
 
-    out = np.empty(len(points))
+    out = np.empty(total)
     with torch.no_grad(), obj.eval_mode():
-        for i, t in enumerate(tqdm(points, desc=desc, disable=not progress, leave=False)):
+        for i, t in enumerate(tqdm(points, total=total, desc=desc, disable=not progress, leave=False)):
             out[i] = sum(float(obj.call(t, b)) * w for b, w in obj.chunks)
     return out
 
@@ -303,7 +304,7 @@ def _direction(obj: Objective, u) -> tuple[torch.Tensor, dict]:
 
 def interpolate(obj: Objective, theta_a, theta_b, n: int = 25, t_range=(-0.25, 1.25),
                 progress: bool = True) -> Landscape:
-    """L((1 - t) theta_a + t theta_b) for n values of t in ``t_range`` (t = 0 and t = 1 always included)."""
+    """Evaluate L((1 - t) theta_a + t theta_b) for n values of t in ``t_range`` (t = 0 and t = 1 always included)."""
     a, b = obj.as_theta(theta_a), obj.as_theta(theta_b)
     n = as_positive_int(n, "n")
     lo, hi = float(t_range[0]), float(t_range[1])
@@ -311,32 +312,32 @@ def interpolate(obj: Objective, theta_a, theta_b, n: int = 25, t_range=(-0.25, 1
         raise ConfigError(f"need t_range (lo, hi) with lo < hi and n >= 2, got {t_range!r}, n={n}")
     ts = np.union1d(np.linspace(lo, hi, n), [0.0, 1.0])
     t0 = time.perf_counter()
-    losses = _evaluate(obj, [torch.lerp(a, b, float(t)) if t not in (0.0, 1.0) else (a if t == 0 else b)
-                             for t in ts], "interpolate", progress)
+    losses = _evaluate(obj, (torch.lerp(a, b, float(t)) if t not in (0.0, 1.0) else (a if t == 0 else b)
+                             for t in ts), len(ts), "interpolate", progress)
     return Landscape((ts,), losses, _meta(obj, "interpolation", b, time.perf_counter() - t0,
                                           distance=float((b - a).norm()), t_range=(lo, hi)))
 
 
 def line(obj: Objective, direction, theta=None, span: float = 1.0, n: int = 25,
          progress: bool = True) -> Landscape:
-    """L(theta* + t u) for t in [-span, span] (n odd, t = 0 included); u a Direction or a (d,) tensor."""
+    """Evaluate L(theta* + t u) for t in [-span, span] (n odd, t = 0 included); u a Direction or a (d,) tensor."""
     c = obj.theta if theta is None else obj.as_theta(theta)
     u, info = _direction(obj, direction)
     ts = symmetric_coords(span, n)
     t0 = time.perf_counter()
-    losses = _evaluate(obj, [c + float(t) * u for t in ts], "line", progress)
+    losses = _evaluate(obj, (c + float(t) * u for t in ts), len(ts), "line", progress)
     return Landscape((ts,), losses, _meta(obj, "line", c, time.perf_counter() - t0, span=float(span),
                                           direction=info))
 
 
 def grid(obj: Objective, u, v, theta=None, span: float = 1.0, n: int = 21, progress: bool = True) -> Landscape:
-    """L(theta* + a u + b v) on an n x n grid, a, b in [-span, span] (n odd: the centre is theta* itself)."""
+    """Evaluate L(theta* + a u + b v) on an n x n grid, a, b in [-span, span] (n odd: the centre is theta* itself)."""
     c = obj.theta if theta is None else obj.as_theta(theta)
     (du, iu), (dv, iv) = _direction(obj, u), _direction(obj, v)
     ax = symmetric_coords(span, n)
     t0 = time.perf_counter()
-    pts = [c + float(a) * du + float(b) * dv for a in ax for b in ax]
-    losses = _evaluate(obj, pts, f"grid {n}x{n}", progress).reshape(n, n)
+    pts = (c + float(a) * du + float(b) * dv for a in ax for b in ax)
+    losses = _evaluate(obj, pts, n * n, f"grid {n}x{n}", progress).reshape(n, n)
     return Landscape((ax, ax), losses, _meta(obj, "grid", c, time.perf_counter() - t0, span=float(span),
                                              direction=iu, direction2=iv,
                                              cos_uv=float(du @ dv / (du.norm() * dv.norm()))))

@@ -51,8 +51,9 @@ def _surface_values(s, log: bool):
 
 
 def _direction_label(info: dict) -> str:
-    return {"random-theta": "random θ-direction", "filter": "filter-normalised (Pᵀδ)",
-            "filter-linearized": "filter-normalised (J(θ*)ᵀδ, linearised)"}.get(info.get("kind"), info.get("kind", ""))
+    names = {"random-theta": "random θ-direction", "filter": "filter-normalised (Pᵀδ)",
+             "filter-linearized": "filter-normalised (J(θ*)ᵀδ, linearised)"}
+    return names.get(info.get("kind"), info.get("kind", ""))
 
 
 def plot_landscape_contours(surfaces: dict, levels=None, log: bool = False, vmax: float | None = None,
@@ -107,7 +108,8 @@ def plot_landscape_lines(curves: dict, ax=None, log: bool = False, xlabel: str |
     if log:
         ax.set_yscale("log")
     kind = next(iter(curves.values())).meta.get("kind") if curves else ""
-    ax.set_xlabel(xlabel or ("t   (θ = (1 − t)·θ_init + t·θ_trained)" if kind == "interpolation" else "t   (θ* + t·u)"))
+    default = "t   (θ = (1 − t)·θ_init + t·θ_trained)" if kind == "interpolation" else "t   (θ* + t·u)"
+    ax.set_xlabel(xlabel or default)
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
