@@ -228,6 +228,25 @@ def lora_reparametrize(obj, theta: torch.Tensor, M) -> torch.Tensor:
     return out
 
 
+def lora_null_direction(obj, theta: torch.Tensor, dM) -> torch.Tensor:
+    """The tangent of (A, B) -> (M^{-1} A, B M) at M = I + t dM: v_A = -dM A, v_B = B dM per layer.
+
+    J(theta) v = 0 for every r x r ``dM`` (one per layer or shared): LoRA's Jacobian has >= r^2 null
+    directions per layer at *every* theta, so its smallest singular value is always 0.
+    """
+    method = getattr(obj, "method", obj)
+    if getattr(method, "name", None) != "lora":
+        raise ConfigError("lora_null_direction needs a LoRA adapter or method")
+    dMs = list(dM) if isinstance(dM, (list, tuple)) else [dM] * len(method.targets)
+    theta = theta.detach()
+    parts = []
+    for i in range(len(method.targets)):
+        A, B = method.layer_factors(theta, i)
+        Mi = torch.as_tensor(dMs[i], dtype=theta.dtype)
+        parts += [(-Mi @ A).reshape(-1), (B @ Mi).reshape(-1)]
+    return torch.cat(parts)  # offsets are contiguous: A_0, B_0, A_1, B_1, ...
+
+
 def lora_b_index(obj) -> torch.Tensor:
     """Indices into a LoRA theta of every B factor entry (the coordinates the isometric control trains)."""
     method = getattr(obj, "method", obj)

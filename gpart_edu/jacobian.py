@@ -86,8 +86,8 @@ class Spectrum:
                 f"(D={self.D:,}, d={self.d:,}, {self.seconds:.2f} s)")
 
 
-def _extreme_eigenvalues(op, k, which, tol, maxiter, seed):
-    """k extreme eigenvalues of a symmetric operator: ARPACK eigsh; on an ARPACK breakdown (it happens on
+def _extreme_eigenvalues(op, k, tol, maxiter, seed):
+    """k largest eigenvalues of a symmetric operator: ARPACK eigsh; on an ARPACK breakdown (it happens on
     operators that equal I up to rounding, e.g. P^T P) retry with a larger Krylov space and another start,
     then fall back to LOBPCG. Returns (eigenvalues, {"count": converged, "solver": ...})."""
     from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, eigsh, lobpcg
@@ -95,7 +95,7 @@ def _extreme_eigenvalues(op, k, which, tol, maxiter, seed):
     for attempt, ncv in enumerate((None, min(d - 1, 4 * k + 1), min(d - 1, 8 * k + 1))):
         v0 = np.random.default_rng(seed + attempt).standard_normal(d)
         try:
-            lam = eigsh(op, k=k, which=which, v0=v0, ncv=ncv, tol=tol, maxiter=maxiter,
+            lam = eigsh(op, k=k, which="LA", v0=v0, ncv=ncv, tol=tol, maxiter=maxiter,
                         return_eigenvectors=False)
             return lam, {"count": len(lam), "solver": "eigsh"}
         except ArpackNoConvergence as e:
@@ -104,7 +104,7 @@ def _extreme_eigenvalues(op, k, which, tol, maxiter, seed):
         except ArpackError:
             continue
     X = np.random.default_rng(seed).standard_normal((d, k))
-    lam, V = lobpcg(op, X, largest=which == "LA", tol=max(tol, 1e-12), maxiter=maxiter or 500)
+    lam, V = lobpcg(op, X, largest=True, tol=max(tol, 1e-12), maxiter=maxiter or 500)
     res = np.linalg.norm(op.matmat(V) - V * lam, axis=0)
     ok = res <= 1e-8 * max(np.abs(lam).max(), 1e-300)
     return lam[ok], {"count": int(ok.sum()), "solver": "lobpcg (ARPACK broke down)"}
@@ -146,13 +146,22 @@ def singular_values(obj, theta=None, k: int = 20, dtype=F64, method: str = "auto
         return JTu(Jv(x)).double().numpy()
 
     op = LinearOperator((d, d), matvec=gram, dtype=np.float64)
-    ends, converged = {}, {}
-    for which, key in (("LA", "top"), ("SA", "bottom")):
-        lam, converged[key] = _extreme_eigenvalues(op, k, which, tol, maxiter, seed)
-        s = np.sqrt(np.clip(lam, 0.0, None))
-        ends[key] = np.sort(s)[::-1] if key == "top" else np.sort(s)
-    smax = ends["top"][0] if len(ends["top"]) else 0.0
-    return Spectrum(ends["top"], ends["bottom"], D, d, "lanczos", time.perf_counter() - t0,
+    lam, top_info = _extreme_eigenvalues(op, k, tol, maxiter, seed)
+    converged = {"top": top_info}
+    top = np.sort(np.sqrt(np.clip(lam, 0.0, None)))[::-1]
+    lam_max = float(lam.max()) if len(lam) else 0.0
+    if lam_max == 0.0:  # J = 0 (e.g. Uni-LoRA at theta = 0): every singular value is 0
+        bottom, converged["bottom"] = np.zeros(k), {"count": k, "solver": "J = 0"}
+    else:
+        # smallest eigenvalues of J^T J = c - largest of (c I - J^T J). ARPACK starts from a vector forced
+        # into the operator's range, so an exact null space of J^T J itself (LoRA's B = 0 block) is never
+        # seen; c I - J^T J has full range. c = 1.01 lambda_max keeps the accuracy at ~eps * lambda_max.
+        c = 1.01 * lam_max
+        flipped = LinearOperator((d, d), matvec=lambda v: c * np.asarray(v).reshape(-1) - gram(v), dtype=np.float64)
+        mu, converged["bottom"] = _extreme_eigenvalues(flipped, k, tol, maxiter, seed + 7)
+        bottom = np.sort(np.sqrt(np.clip(c - mu, 0.0, None)))
+    smax = top[0] if len(top) else 0.0
+    return Spectrum(top, bottom, D, d, "lanczos", time.perf_counter() - t0,
                     resolution=math.sqrt(eps) * 10 * smax, n_matvec=count[0], converged=converged)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 def _png(fig) -> bytes:
     import io
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=80)
     return buf.getvalue()
 
 
@@ -97,7 +97,7 @@ def isometry_explorer(n_pairs: int = 150):
         ax1.set_title(f"distance ratios, ||x|| = ||y|| = {v['scale']:.3g}", fontsize=9)
         plot_singular_values({res["method"]: res["singular_values"]}, ax=ax2)
         ax2.set_title("singular values of J = d vec(dW) / d theta", fontsize=9)
-        fig.tight_layout()
+        fig.subplots_adjust(left=0.06, right=0.99, bottom=0.16, top=0.9, wspace=0.22)
         image.value = _png(fig)
         rr = res["ratios"]
         summary.value = (f"{res['method']}: d = {res['d']}, D = {res['D']}; distance ratio "

@@ -251,6 +251,18 @@ def test_lora_reparametrization_keeps_delta_w():
         geometry.lora_reparametrize(ad2, ad2.theta, M)
 
 
+def test_lora_symmetry_tangent_is_a_null_direction_of_J():
+    _, _, ad = _attach("bert", "lora", r=3)
+    _moved(ad)
+    dM = torch.randn(3, 3, generator=torch.Generator().manual_seed(2), dtype=F64)
+    v = geometry.lora_null_direction(ad, ad.theta, dM)
+    assert v.shape == ad.theta.shape and v.norm() > 0.1
+    assert geometry.jvp(ad, None, v).norm().item() <= 1e-12 * v.norm().item()
+    eps = 1e-6   # and it is the derivative of the reparametrisation at M = I
+    fd = (geometry.lora_reparametrize(ad, ad.theta, torch.eye(3, dtype=F64) + eps * dM) - ad.theta.detach()) / eps
+    assert torch.allclose(fd, v, atol=1e-5, rtol=0)
+
+
 def test_isometric_lora_control_is_isometric_low_rank_and_trains_B_only():
     model, (ids,), ad = _attach("bert", "lora", r=2, alpha=4.0)
     fmap, handle = geometry.isometric_lora_control(ad, seed=0)
