@@ -5,8 +5,11 @@ Works on the same maps as ``gpart_edu.geometry`` (Adapter, Method, projection, F
 Math:
     Singular values of J: dense ``torch.linalg.svdvals`` when D x d fits, otherwise Lanczos (ARPACK
     ``scipy.sparse.linalg.eigsh``) on the d x d operator J^T J, applied matrix-free as v -> vjp(jvp(v)).
-    sigma = sqrt(lambda(J^T J)), so Lanczos resolves singular values down to about sqrt(eps) * sigma_max
-    (1.5e-8 relative in float64); smaller ones are reported as "0 within resolution" (cond = inf).
+    sigma = sqrt(lambda(J^T J)), and the bottom-k come from the top of c I - J^T J (c = 1.01 lambda_max), so
+    Lanczos resolves singular values down to sqrt(1.01 max(tol, 100 eps)) * sigma_max (1.5e-7 relative in
+    float64 at tol = 0); smaller ones are reported as "0 within resolution" (cond = inf). Lanczos finds
+    each distinct eigenvalue once and copies of a repeated one only slowly: with an exactly repeated
+    eigenvalue (LoRA's null space) some of the bottom-k may be skipped; sigma_min itself is reliable.
     Projected step (GPart): dL/dtheta = P^T dL/dW, so an SGD step on theta moves W by
     -lr P P^T g_W: the full fine-tuning step -lr g_W projected onto range(P) (P P^T is an orthogonal
     projector because P^T P = I). For other maps J J^T is not a projector; the same checks measure how far.
@@ -162,7 +165,8 @@ def singular_values(obj, theta=None, k: int = 20, dtype=F64, method: str = "auto
         bottom = np.sort(np.sqrt(np.clip(c - mu, 0.0, None)))
     smax = top[0] if len(top) else 0.0
     return Spectrum(top, bottom, D, d, "lanczos", time.perf_counter() - t0,
-                    resolution=math.sqrt(eps) * 10 * smax, n_matvec=count[0], converged=converged)
+                    resolution=math.sqrt(1.01 * max(tol, 100 * eps)) * smax, n_matvec=count[0],
+                    converged=converged)
 
 
 def singular_value_sample(obj, theta=None, m: int = 256, seed: int = 0, dtype=F64) -> np.ndarray:
@@ -202,7 +206,8 @@ def projected_step(adapter, batch, loss_fn=None, lr: float = 1e-2, dtype=None) -
     One forward/backward (functional_call on copies: the model, its .grad and theta are untouched) gives
     g_theta (the adapter's own backward) and g_W = dL/dW of the adapted weights. Returns relative errors:
         adjoint      ||g_theta - J^T g_W|| / ||J^T g_W||           (chain rule through the efficient path)
-        linear       ||f(theta - lr g_theta) - f(theta) - s|| / ||s||, s = -lr J g_theta (0 if f is linear)
+        linear       ||f(theta - lr g_theta) - f(theta) - s|| / ||s||, s = -lr J g_theta (0 if f is linear, up
+                     to the rounding floor ~ eps ||f(theta)|| / ||s||; ``map_norm`` = ||f(theta)||)
         orthogonal   ||J^T (s_full - s)|| / ||J^T s_full||         (residual is orthogonal to range(J))
         pythagoras   | ||s_full||^2 - ||s||^2 - ||s_full - s||^2 | / ||s_full||^2
         idempotent   ||J J^T s - s|| / ||s||                       (J J^T is a projector)
@@ -244,6 +249,7 @@ def projected_step(adapter, batch, loss_fn=None, lr: float = 1e-2, dtype=None) -
     r = s_full - s
     n_full, n_s, n_r = (x.norm().item() for x in (s_full, s, r))
     out = {"loss": loss.item(), "full_norm": n_full, "step_norm": n_s, "captured": n_s / n_full if n_full else 0.0,
+           "map_norm": f(theta).norm().item(),
            "adjoint": rel(g_theta, JT(g_flat)), "linear": rel(exact, s),
            "orthogonal": JT(r).norm().item() / max(JT(s_full).norm().item(), 1e-300),
            "pythagoras": abs(n_full ** 2 - n_s ** 2 - n_r ** 2) / n_full ** 2 if n_full else 0.0,
