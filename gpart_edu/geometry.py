@@ -187,7 +187,11 @@ def _directions(d: int, n: int, seed: int, dtype) -> torch.Tensor:
 
 
 def distance_ratios(obj, n_pairs: int = 100, scale: float = 1.0, seed: int = 0, dtype=F64) -> np.ndarray:
-    """||f(x) - f(y)|| / ||x - y|| for ``n_pairs`` random pairs with ||x|| = ||y|| = ``scale``."""
+    """||f(x) - f(y)|| / ||x - y|| for ``n_pairs`` random pairs with ||x|| = ||y|| = ``scale``.
+
+    The map runs in ``dtype``; differences and norms are accumulated in float64, so a float32 run shows the
+    map's own rounding (~1e-7), not the error of a length-D float32 sum (which grows with D).
+    """
     f = as_map(obj)
     if n_pairs < 1:
         raise ConfigError(f"n_pairs must be >= 1, got {n_pairs}")
@@ -196,7 +200,7 @@ def distance_ratios(obj, n_pairs: int = 100, scale: float = 1.0, seed: int = 0, 
     with torch.no_grad():
         for i in range(n_pairs):
             x, y = u[2 * i], u[2 * i + 1]
-            out[i] = ((f(x) - f(y)).norm() / (x - y).norm()).item()
+            out[i] = ((f(x).double() - f(y).double()).norm() / (x.double() - y.double()).norm()).item()
     return out
 
 

@@ -99,7 +99,7 @@ def test_gpart_distance_ratios_are_one_fp64_and_fp32(kind):
     r64 = geometry.distance_ratios(ad, 50, scale=3.0)
     r32 = geometry.distance_ratios(ad, 50, scale=3.0, dtype=torch.float32)
     assert np.abs(r64 - 1).max() <= 1e-12
-    assert np.abs(r32 - 1).max() <= 1e-5           # float32: eps = 6e-8, norms of ~1e3 terms
+    assert np.abs(r32 - 1).max() <= 1e-6           # float32 map (eps = 6e-8 per entry), float64 norms
 
 
 def test_unilora_and_lora_ratios_are_2_homogeneous_and_spread():
