@@ -152,8 +152,10 @@ def singular_values(obj, theta=None, k: int = 20, dtype=F64, method: str = "auto
     lam, top_info = _extreme_eigenvalues(op, k, tol, maxiter, seed)
     converged = {"top": top_info}
     top = np.sort(np.sqrt(np.clip(lam, 0.0, None)))[::-1]
-    lam_max = float(lam.max()) if len(lam) else 0.0
-    if lam_max == 0.0:  # J = 0 (e.g. Uni-LoRA at theta = 0): every singular value is 0
+    lam_max = float(lam.max()) if len(lam) else math.nan
+    if math.isnan(lam_max):  # nothing converged at the top: no safe shift for the bottom either
+        bottom, converged["bottom"] = np.zeros(0), {"count": 0, "solver": "skipped (top did not converge)"}
+    elif lam_max == 0.0:  # J = 0 (e.g. Uni-LoRA at theta = 0): every singular value is 0
         bottom, converged["bottom"] = np.zeros(k), {"count": k, "solver": "J = 0"}
     else:
         # smallest eigenvalues of J^T J = c - largest of (c I - J^T J). ARPACK starts from a vector forced
@@ -163,7 +165,7 @@ def singular_values(obj, theta=None, k: int = 20, dtype=F64, method: str = "auto
         flipped = LinearOperator((d, d), matvec=lambda v: c * np.asarray(v).reshape(-1) - gram(v), dtype=np.float64)
         mu, converged["bottom"] = _extreme_eigenvalues(flipped, k, tol, maxiter, seed + 7)
         bottom = np.sort(np.sqrt(np.clip(c - mu, 0.0, None)))
-    smax = top[0] if len(top) else 0.0
+    smax = top[0] if len(top) else math.nan
     return Spectrum(top, bottom, D, d, "lanczos", time.perf_counter() - t0,
                     resolution=math.sqrt(1.01 * max(tol, 100 * eps)) * smax, n_matvec=count[0],
                     converged=converged)

@@ -300,3 +300,12 @@ def test_minilm_gpart_jacobian_singular_values_are_one_matrix_free():
     assert s.D == 1_769_472 and s.method == "lanczos"
     assert len(s.top) == 20 and len(s.bottom) == 20
     assert s.max_error_from(1.0) <= 1e-10
+
+
+def test_lanczos_at_zero_jacobian_and_budget_exhaustion():
+    _, _, ad = _attach("bert", "unilora", d=30, r=2)
+    s = jacobian.singular_values(ad, torch.zeros(30), k=3, method="lanczos")
+    assert s.sigma_max == 0.0 and np.all(s.bottom == 0) and s.converged["bottom"]["solver"] == "J = 0"
+    s = jacobian.singular_values(_moved(ad), k=3, method="lanczos", tol=1e-14, maxiter=1)
+    assert s.converged["top"]["count"] <= 3    # whatever converged within one restart is kept and counted
+    assert len(s.top) == s.converged["top"]["count"]
