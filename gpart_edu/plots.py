@@ -124,16 +124,24 @@ def plot_singular_values(sv_by_name: dict, ax=None, kind: str = "spectrum", bins
     """Singular values per map: ``kind="spectrum"`` (sorted, log y) or ``"hist"`` (log-spaced bins)."""
     import numpy as np
     ax = _ax(ax)
-    for name, s in sv_by_name.items():
-        s = np.sort(np.asarray(s, dtype=float))[::-1]
+    spread = {n: np.sort(np.asarray(s, dtype=float))[::-1] for n, s in sv_by_name.items()}
+    pos_all = np.concatenate([s[s > 1e-12 * max(s.max(), 1e-300)] for s in spread.values()] or [np.ones(1)])
+    edges = np.geomspace(pos_all.min(), pos_all.max() * 1.0001, bins) if pos_all.min() < pos_all.max() else bins
+    n_spikes = 0
+    for i, (name, s) in enumerate(spread.items()):
+        color = f"C{i}"
         if kind == "spectrum":
-            ax.plot(np.arange(1, len(s) + 1), np.maximum(s, 1e-17), ".-", ms=3, label=name)
-        else:
-            pos = s[s > 0]
-            if len(pos) and np.ptp(pos) < 1e-9 * pos.max():
-                ax.axvline(pos.mean(), lw=3, alpha=0.7, label=f"{name}: all {pos.mean():.10f}")
-            elif len(pos):
-                ax.hist(pos, bins=np.geomspace(pos.min(), pos.max() * 1.0001, bins), alpha=0.5, label=name)
+            ax.plot(np.arange(1, len(s) + 1), np.maximum(s, 1e-17), ".-", ms=3, label=name, color=color)
+            continue
+        pos = s[s > 1e-12 * max(s.max(), 1e-300)]  # exact zeros cannot sit on a log axis: counted in the label
+        zeros = f", {len(s) - len(pos)} zero" if len(pos) < len(s) else ""
+        if len(pos) and np.ptp(pos) < 1e-6 * pos.max():  # (numerically) one value: a spike
+            ax.axvline(pos.mean(), lw=3, alpha=0.7, color=color, ls=("-", "--", ":")[n_spikes % 3],
+                       label=f"{name}: all {pos.mean():.7f}{zeros}")
+            n_spikes += 1
+        elif len(pos):
+            ax.hist(pos, bins=edges, alpha=0.55, color=color,
+                    label=f"{name}: {pos.min():.3g} .. {pos.max():.3g}{zeros}")
     if kind == "spectrum":
         ax.set_yscale("log")
         ax.set_xlabel("index i")
