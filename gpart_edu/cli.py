@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--targets", type=_targets, default=None, help="default: query,value (or q_proj,v_proj)")
     v.add_argument("--pairs", type=POS_INT, default=20, help="random pairs for the distance ratios")
     v.add_argument("--k", type=POS_INT, default=6, help="top-k and bottom-k Jacobian singular values")
+    v.add_argument("--spectrum", choices=("lanczos", "sample", "none"), default="lanczos",
+                   help="Jacobian singular values: extremes by Lanczos, or a quick sample of columns")
+    v.add_argument("--samples", type=POS_INT, default=128, help="theta coordinates for --spectrum sample")
     v.add_argument("--pair-norm", type=POS_FLOAT, default=1.0, help="||x|| = ||y|| of the random pairs")
     v.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     v.add_argument("--tol", type=POS_FLOAT, help="tolerance (default 1e-10 in float64, 1e-5 in float32)")
