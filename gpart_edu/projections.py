@@ -15,6 +15,7 @@ Three ways of choosing g (``assignment``):
 """
 from __future__ import annotations
 
+import contextlib
 import operator
 
 import torch
@@ -142,7 +143,10 @@ class PartitionProjection(nn.Module):
         if self.assignment == "hashed":
             return hashed_group_ids(self.seed, start, stop, self.d, device=self.counts.device)
         if self._ids is None:
-            self._ids = self._build_ids().to(self.counts.device)
+            # built outside any torch.func transform: otherwise the cache would hold a transform-wrapped
+            # tensor that breaks every later call ("escaped?") or hits vmap's randomness check
+            with getattr(torch._C, "_DisableFuncTorch", contextlib.nullcontext)():
+                self._ids = self._build_ids().to(self.counts.device)
         return self._ids[start:stop]
 
     def group_ids(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
