@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import gpart_edu as ge
-from gpart_edu import engine, results, tasks
+from gpart_edu import assets, engine, results, tasks
 from gpart_edu.errors import ConfigError
 
 from .conftest import minilm_or_skip
@@ -227,7 +227,7 @@ def _write_jsonl(path, rows):
 def test_hub_text_task_from_a_local_folder_runs_end_to_end(tiny_bert_dir, tmp_path, monkeypatch):
     datasets = pytest.importorskip("datasets")
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
-    tr, te = ge.assets.load_tweets() if hasattr(ge, "assets") else __import__("gpart_edu.assets").assets.load_tweets()
+    tr, te = assets.load_tweets()
     folder = tmp_path / "mrpc"
     folder.mkdir()
     for name, split, n in (("train", tr, 48), ("validation", te, 16)):
@@ -240,8 +240,8 @@ def test_hub_text_task_from_a_local_folder_runs_end_to_end(tiny_bert_dir, tmp_pa
                          "n_train": 48, "n_eval": 16}
     assert "accuracy" in r["final"]
     with pytest.raises(ConfigError, match="columns"):
-        tasks.load("qnli", tokenizer=__import__("transformers").AutoTokenizer.from_pretrained(tiny_bert_dir),
-                   dataset_path=str(folder))
+        from transformers import AutoTokenizer
+        tasks.load("qnli", tokenizer=AutoTokenizer.from_pretrained(tiny_bert_dir), dataset_path=str(folder))
 
 
 def test_hub_image_and_math_tasks_from_save_to_disk_folders(tmp_path):
