@@ -47,6 +47,15 @@ def train_log(log_history) -> list[dict]:
              if k in e} for e in log_history if "loss" in e and "eval_loss" not in e]
 
 
+def as_history(results: dict):
+    """A ``train.History`` of a run (per-step losses need ``logging_steps=1``), for ``plots.plot_history``."""
+    from .train import History
+    return History(config=results["config"], losses=[x["loss"] for x in results["train_log"]],
+                   lrs=[x.get("learning_rate", 0.0) for x in results["train_log"]], evals=list(results["evals"]),
+                   wall_time=results["train_time_s"], peak_memory_bytes=results["peak_memory_bytes"],
+                   peak_memory_kind=results["peak_memory_kind"])
+
+
 def _finite(x):
     """JSON-safe copy: NaN / inf become None (a valid JSON document, unlike Python's NaN output)."""
     if isinstance(x, float):
