@@ -160,6 +160,7 @@ def plot_spectral_density(densities: dict, ax=None, sigma: float | None = None, 
     ax.set_ylabel("density (smoothed)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return ax
 
 
 # ---- geometry plots

@@ -192,6 +192,8 @@ def landscape_explorer(problem=None, methods=("gpart", "unilora", "lora"), d_val
                   controls["direction"], status, output])
     box.controls, box.output = controls, output
     box.state = {"landscape": None, "figure": None, "message": "", "model": None}
+    box.add_class(EXPLORER_CLASS)      # stable selectors for the browser test
+    status.add_class(READOUT_CLASS)
 
     def trained(method, d):
         key = (method, d)
@@ -320,6 +322,8 @@ def isometry_explorer(n_pairs: int = 150):
     box = W.VBox([W.HBox([controls["method"], controls["seed"]]),
                   W.HBox([controls["d"], controls["r"]]), controls["scale"], summary, image])
     box.controls, box.result = controls, None
+    box.add_class(EXPLORER_CLASS)      # stable selectors for the browser test
+    summary.add_class(READOUT_CLASS)
 
     def update(_=None):
         v = {k: c.value for k, c in controls.items()}

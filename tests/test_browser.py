@@ -70,6 +70,12 @@ EXPLORER_READOUT = ".gpart-explorer-readout"
 FLOWS = [
     Flow("00_quickstart.ipynb", slider=EXPLORER_SLIDER, output=EXPLORER_READOUT, presses=2,
          expect_text="t = +1.50"),   # slider starts at t = 1.00, step 0.25
+    Flow("01_isometric_partition.ipynb"),    # no explorer: run all, no errors, every plot rendered
+    Flow("02_lora_unilora_geometry.ipynb", slider=EXPLORER_SLIDER, slider_index=1, output=EXPLORER_READOUT,
+         presses=2, expect_text="d = 66"),   # isometry explorer: sliders seed, d (starts at 64), r, ||theta||
+    Flow("03_loss_landscapes.ipynb", slider=EXPLORER_SLIDER, slider_index=2, output=EXPLORER_READOUT,
+         presses=1, expect_text="grid 13×13", reversible=False),  # landscape explorer: d, span, resolution;
+    # the readout reports the grid's compute time, so moving back does not restore it character for character
 ]
 EXPLORER_CALL = re.compile(r"\b\w+_explorer\(")   # gpart_edu.widgets.theta_scale_explorer(, isometry_explorer(, ...
 SERVER_START_S, STEP_S, KERNEL_IDLE_S, SLIDER_S, TEARDOWN_S = 90, 30, 120, 60, 30
