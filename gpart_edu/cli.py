@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--stop-after-steps", type=POS_INT, help="stop and checkpoint at this step (time budget)")
     f.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT")
     f.add_argument("--dataset-path", help="a local copy of a hub task's data (folder)")
+    f.add_argument("--workers", type=NONNEG_INT, help="data-loading worker processes (default 0)")
     f.add_argument("--no-progress", action="store_true", help="no progress bar (evaluations are printed)")
     v = sub.add_parser("verify", help="check the isometry claims of a method on a model's layers")
     src = v.add_mutually_exclusive_group(required=True)
@@ -130,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 FLAG_FIELDS = ("model", "task", "method", "d", "r", "alpha", "assignment", "targets", "steps", "epochs", "lr",
                "head_lr", "weight_decay", "batch_size", "per_device_batch_size", "grad_accum", "eval_batch_size",
                "warmup", "schedule", "dropout", "max_length", "bf16", "device", "max_train", "max_eval",
-               "eval_steps", "save_steps", "logging_steps", "stop_after_steps", "dataset_path")
+               "eval_steps", "save_steps", "logging_steps", "stop_after_steps", "dataset_path", "workers")
 
 
 def config_from_args(args) -> engine.RunConfig:

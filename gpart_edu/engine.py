@@ -23,14 +23,13 @@ from pathlib import Path
 import torch
 
 from . import tasks as tasklib
-from .adapter import attach, get_adapter
+from .adapter import attach
 from .errors import ConfigError
 from .results import collect_evals, load_finetuned, write_outputs  # noqa: F401  (re-exported)
 
 ADAPTER_METHODS = ("gpart", "unilora", "lora")
 METHODS = ADAPTER_METHODS + ("head", "full")
 SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
-TRAINABLE_FILE = "trainable.safetensors"
 
 
 @dataclass
@@ -72,6 +71,7 @@ class RunConfig:
     progress: bool = True
     stop_after_steps: int | None = None      # stop (and checkpoint) early: a time budget / interruption
     gsm8k_max_new_tokens: int = 256
+    workers: int = 0                         # DataLoader worker processes (images: decode/resize off the GPU loop)
     recipe: str | None = None
 
     @classmethod
@@ -218,108 +218,6 @@ def prepare(model, cfg: RunConfig):
     return None
 
 
-# ---------------------------------------------------------------------------------- trainer
-def _trainer_class():
-    from safetensors.torch import load_file, save_file
-    from transformers import Trainer
-
-    from . import train
-
-    class GPartTrainer(Trainer):
-        """Trainer with two AdamW groups (theta at lr, head at head_lr) and theta-sized checkpoints."""
-
-        gpart_cfg: RunConfig = None
-
-        def create_optimizer(self, model=None):
-            if self.optimizer is None:
-                c = self.gpart_cfg
-                tc = train.TrainConfig(lr=c.lr, head_lr=c.head_lr, weight_decay=c.weight_decay,
-                                       head_weight_decay=c.weight_decay)
-                self.optimizer = torch.optim.AdamW(train.param_groups(self.model, tc), betas=(0.9, 0.999), eps=1e-8)
-            return self.optimizer
-
-        def _save(self, output_dir=None, state_dict=None):
-            if not self.args.should_save:
-                return
-            output_dir = output_dir or self.args.output_dir
-            os.makedirs(output_dir, exist_ok=True)
-            model = self.accelerator.unwrap_model(self.model)
-            save_file({n: p.detach().cpu().contiguous() for n, p in trainable_state(model).items()},
-                      os.path.join(output_dir, TRAINABLE_FILE), metadata={"format": "gpart_edu.trainable"})
-
-        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-            path = os.path.join(resume_from_checkpoint, TRAINABLE_FILE)
-            if not os.path.isfile(path):
-                raise ConfigError(f"{resume_from_checkpoint} has no {TRAINABLE_FILE}: not a gpart-edu checkpoint")
-            model = self.accelerator.unwrap_model(model if model is not None else self.model)
-            saved, mine = load_file(path), trainable_state(model)
-            if set(saved) != set(mine):
-                raise ConfigError(f"checkpoint {resume_from_checkpoint} holds {sorted(saved)[:4]}..., this run "
-                                  f"trains {sorted(mine)[:4]}...: resume with the same model, method and d")
-            with torch.no_grad():
-                for n, p in mine.items():
-                    p.copy_(saved[n].to(p.device, p.dtype))
-
-    return GPartTrainer
-
-
-def _monitor(trainer, cfg):
-    from transformers import TrainerCallback
-
-    class Monitor(TrainerCallback):
-        """Counts all-reduced bytes (DDP comm hook), prints evals, stops early on request."""
-
-        def __init__(self):
-            self.comm = {"bytes": 0, "calls": 0, "hooked": False}
-            self.first_step = None
-
-        def on_train_begin(self, args, state, control, **kw):
-            self.first_step = state.global_step
-            wrapped = trainer.model_wrapped
-            if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
-                from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-
-                def counting_hook(comm, bucket):
-                    buf = bucket.buffer()
-                    comm["bytes"] += buf.numel() * buf.element_size()
-                    comm["calls"] += 1
-                    return default_hooks.allreduce_hook(None, bucket)
-                wrapped.register_comm_hook(self.comm, counting_hook)
-                self.comm["hooked"] = True
-
-        def on_step_end(self, args, state, control, **kw):
-            if cfg.stop_after_steps and state.global_step >= cfg.stop_after_steps:
-                control.should_save = True
-                control.should_training_stop = True
-
-        def on_evaluate(self, args, state, control, metrics=None, **kw):
-            if state.is_world_process_zero and metrics:
-                shown = ", ".join(f"{k[5:]} {v:.4f}" for k, v in metrics.items()
-                                  if k.startswith("eval_") and isinstance(v, float) and "runtime" not in k
-                                  and "per_second" not in k)
-                print(f"step {state.global_step}: {shown}", flush=True)
-
-    return Monitor()
-
-
-def _rank_spread(model) -> dict:
-    """max |x_rank - x_rank'| over processes of theta and of all trainable tensors (0.0 = identical)."""
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()):
-        return {}
-    out = {}
-    for key, tensors in (("theta", [get_adapter(model).theta] if get_adapter(model) else []),
-                         ("trainable", list(trainable_state(model).values()))):
-        worst = 0.0
-        for t in tensors:
-            hi, lo = t.detach().clone(), t.detach().clone()
-            dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-            dist.all_reduce(lo, op=dist.ReduceOp.MIN)
-            worst = max(worst, float((hi - lo).abs().max()))
-        out[f"{key}_max_abs_diff_across_ranks"] = worst if tensors else None
-    return out
-
-
 def run(cfg: RunConfig, out, extra: dict | None = None) -> dict:
     """Fine-tune per ``cfg``; write results.json, the adapter (+ head) and summary.md into ``out``."""
     from transformers import TrainingArguments
@@ -361,8 +259,9 @@ def run(cfg: RunConfig, out, extra: dict | None = None) -> dict:
         eval_on_start=resume_from is None, save_strategy=save_strategy,
         save_steps=cfg.save_steps, save_total_limit=2, logging_steps=cfg.logging_steps, report_to="none",
         seed=cfg.seed, disable_tqdm=not cfg.progress, remove_unused_columns=False, label_names=["labels"],
-        dataloader_num_workers=0, prediction_loss_only=spec.kind in ("lm", "math"))
-    trainer_cls = _trainer_class()
+        dataloader_num_workers=cfg.workers, prediction_loss_only=spec.kind in ("lm", "math"))
+    from .hf_trainer import monitor, rank_spread, trainer_class
+    trainer_cls = trainer_class()
     trainer_cls.gpart_cfg = cfg
     trainer = trainer_cls(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
                           data_collator=data.collator, compute_metrics=tasklib.compute_metrics(spec))
@@ -372,8 +271,8 @@ def run(cfg: RunConfig, out, extra: dict | None = None) -> dict:
         trainer.model_accepts_loss_kwargs = False
     from transformers.trainer_callback import PrinterCallback
     trainer.remove_callback(PrinterCallback)
-    monitor = _monitor(trainer, cfg)
-    trainer.add_callback(monitor)
+    mon = monitor(trainer, cfg)
+    trainer.add_callback(mon)
     if args.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(args.device)
     t_train = time.perf_counter()
@@ -383,16 +282,19 @@ def run(cfg: RunConfig, out, extra: dict | None = None) -> dict:
     if not evals or evals[-1]["step"] != trainer.state.global_step:
         trainer.evaluate()
         evals = collect_evals(trainer.state.log_history)
-    extra_metrics = {}
-    if spec.kind == "math" and data.gsm8k and trainer.is_world_process_zero():
-        extra_metrics = tasklib.gsm8k_accuracy(trainer.model, tok, data.gsm8k, cfg.gsm8k_max_new_tokens)
-    steps_run = trainer.state.global_step - (monitor.first_step or 0)
+    steps_run = trainer.state.global_step - (mon.first_step or 0)
     dist_info = {"world_size": world, "backend": str(args.ddp_backend or ("nccl" if not use_cpu else "gloo"))
                  if world > 1 else None, "per_device_batch_size": per_device, "gradient_accumulation_steps": accum,
                  "allreduce_bytes_per_step_expected": allreduce_bytes(model) if world > 1 else 0,
-                 "allreduce_bytes_per_step_measured": (monitor.comm["bytes"] / steps_run)
-                 if monitor.comm["hooked"] and steps_run else None,
-                 "allreduce_calls": monitor.comm["calls"], **_rank_spread(model)}
+                 "allreduce_bytes_per_step_measured": (mon.comm["bytes"] / steps_run)
+                 if mon.comm["hooked"] and steps_run else None,
+                 "allreduce_calls": mon.comm["calls"], **rank_spread(model)}
+    if not trainer.is_world_process_zero():
+        return {"rank": int(os.environ.get("RANK", 0)), "evals": evals}
+    extra_metrics = {}
+    if spec.kind == "math" and data.gsm8k:          # generation on rank 0 only (--max-eval limits it)
+        from .gsm8k import gsm8k_accuracy
+        extra_metrics = gsm8k_accuracy(trainer.model, tok, data.gsm8k, cfg.gsm8k_max_new_tokens)
     if args.device.type == "cuda":
         peak, kind = torch.cuda.max_memory_allocated(args.device), "cuda max_memory_allocated"
     else:
@@ -401,8 +303,6 @@ def run(cfg: RunConfig, out, extra: dict | None = None) -> dict:
             "state": trainer.state, "train_time": train_time, "wall_time": time.perf_counter() - t_start,
             "peak": peak, "peak_kind": kind, "device": str(args.device), "bf16": bf16, "distributed": dist_info,
             "resumed_from": resume_from, "model": model, "extra": extra or {}}
-    if not trainer.is_world_process_zero():
-        return {"rank": int(os.environ.get("RANK", 0)), "evals": evals}
     return write_outputs(out, cfg, info)
 
 

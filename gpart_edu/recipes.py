@@ -22,7 +22,6 @@ Dropout: gpart_edu has no separate adapter-input dropout (GPart runs one matmul 
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import asdict, dataclass
 
 from .errors import ConfigError

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import gpart_edu as ge
-from gpart_edu import assets, engine, results, tasks
+from gpart_edu import assets, engine, gsm8k, results, tasks
 from gpart_edu.errors import ConfigError
 
 from .conftest import minilm_or_skip
@@ -216,8 +216,8 @@ def test_metrics():
     from sklearn.metrics import matthews_corrcoef
     p = np.array([0, 1, 0, 0, 1])
     assert tasks.matthews(p, y) == pytest.approx(matthews_corrcoef(y, p))
-    assert tasks.answer_number("so 3 + 4 = 7\n#### 1,234") == "1234"
-    assert tasks.answer_number("The answer is: 42.") == "42" and tasks.answer_number("none") is None
+    assert gsm8k.answer_number("so 3 + 4 = 7\n#### 1,234") == "1234"
+    assert gsm8k.answer_number("The answer is: 42.") == "42" and gsm8k.answer_number("none") is None
 
 
 def _write_jsonl(path, rows):
