@@ -62,6 +62,7 @@ def gsm8k_accuracy(model, tok, qa, max_new_tokens: int = 256, batch_size: int = 
             chunk = qa[a: a + batch_size]
             enc = tok([PROMPT.format(q=str(q).strip()) for q, _ in chunk], return_tensors="pt", padding=True,
                       add_special_tokens=False).to(dev)
+            enc = {k: enc[k] for k in ("input_ids", "attention_mask")}      # not token_type_ids: causal LMs refuse it
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tok.pad_token_id)
             texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -274,3 +274,27 @@ def test_hub_task_without_network_or_files_says_how_to_fix_it(tmp_path):
     pytest.importorskip("datasets")
     with pytest.raises(ConfigError, match="dataset-path"):
         tasks.load("cifar10", dataset_path=str(tmp_path / "missing"))
+
+
+def test_gsm8k_accuracy_decodes_greedily_and_matches_the_final_number():
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(minilm_or_skip())
+    answers = iter([" so 40 + 2 = 42 question : next", " it is 8"])
+
+    class Scripted(torch.nn.Module):
+        """Stands in for a causal LM: generate() appends a scripted answer to the (left-padded) prompt."""
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def generate(self, input_ids, attention_mask, max_new_tokens, do_sample, pad_token_id):
+            assert not do_sample and tok.padding_side == "left"
+            new = [tok(next(answers), add_special_tokens=False)["input_ids"] for _ in range(len(input_ids))]
+            width = max(map(len, new))
+            new = torch.tensor([n + [tok.pad_token_id] * (width - len(n)) for n in new])
+            return torch.cat([input_ids, new], dim=1)
+
+    out = gsm8k.gsm8k_accuracy(Scripted(), tok, [("What is 40 + 2?", "42"), ("What is 3 + 4?", "7")], batch_size=2)
+    assert out == {"gsm8k_accuracy": 0.5, "gsm8k_n": 2}
+    assert tok.padding_side == "right"                  # restored
