@@ -33,7 +33,8 @@ def _number(kind, low=None, high=None, low_open=False, high_open=False, what="a 
         if bad:
             lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
             hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
-            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {' and '.join(x for x in (lo, hi) if x)}")
+            bounds = " and ".join(x for x in (lo, hi) if x)
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {bounds}")
         return v
     return parse
 

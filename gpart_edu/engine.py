@@ -4,8 +4,8 @@
                          out="runs/tweets")
 
 The same code runs on one CPU, one GPU, or N processes: ``torchrun --nproc_per_node N --no-python gpart-edu
-finetune ...`` (or, on GPUs, ``accelerate launch --multi_gpu -m gpart_edu.cli finetune ...``) makes Trainer wrap the model in
-DistributedDataParallel. The adapter is the registered submodule ``gpart_edu_adapter``, so theta is an
+finetune ...`` (or, on GPUs, ``accelerate launch --multi_gpu -m gpart_edu.cli finetune ...``) makes Trainer
+wrap the model in DistributedDataParallel. The adapter is the registered submodule ``gpart_edu_adapter``, so theta is an
 ordinary parameter: DDP all-reduces its gradient (and the head's) and nothing else -- 4 (d + head) bytes per
 optimizer step (fp32 gradients), measured with a counting communication hook and written to results.json.
 Buffers (the partition's counts / ids) are regenerated from the seed on every process and never broadcast.

@@ -239,7 +239,8 @@ def meta_model(recipe: Recipe, config=None):
                               AutoModelForSequenceClassification)
     if config is None:
         if recipe.model not in ARCHS:
-            raise ConfigError(f"no built-in architecture for {recipe.model!r}; pass config=AutoConfig.from_pretrained(...)")
+            raise ConfigError(f"no built-in architecture for {recipe.model!r}; "
+                              f"pass config=AutoConfig.from_pretrained(...)")
         kind, kw = ARCHS[recipe.model]
         config = AutoConfig.for_model(kind, **kw)
     auto = {"glue": AutoModelForSequenceClassification, "vit": AutoModelForImageClassification,

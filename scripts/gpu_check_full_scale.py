@@ -127,7 +127,8 @@ def cli_bf16_run():
     r = json.loads((out / "results.json").read_text())
     first, last = r["evals"][0], r["final"]
     detail = (f"device {r['device']}, bf16 {r['bf16']}, {r['global_step']} steps, accuracy {first['accuracy']:.3f} -> "
-              f"{last['accuracy']:.3f}, loss {first['loss']:.3f} -> {last['loss']:.3f}, training {r['train_time_s']:.1f} s "
+              f"{last['accuracy']:.3f}, loss {first['loss']:.3f} -> {last['loss']:.3f}, "
+              f"training {r['train_time_s']:.1f} s "
               f"({r['train_time_s'] / max(1, r['global_step']):.3f} s/step incl. evaluations), process {wall:.1f} s, "
               f"peak {r['peak_memory_bytes'] / 2**20:.0f} MiB ({r['peak_memory_kind']})")
     if CUDA:
@@ -165,7 +166,8 @@ def step_timing():
     ids = torch.randint(1000, 20000, (32, 128), generator=g).cuda()
     y = torch.randint(0, 2, (32,), generator=g).cuda()
     times = {}
-    for name, method, kw in (("gpart", "gpart", {"d": 23_040}), ("gpart-hashed", "gpart", {"d": 23_040, "assignment": "hashed"}),
+    for name, method, kw in (("gpart", "gpart", {"d": 23_040}),
+                             ("gpart-hashed", "gpart", {"d": 23_040, "assignment": "hashed"}),
                              ("unilora", "unilora", {"d": 23_040, "r": 4}), ("lora", "lora", {"r": 8})):
         ad = ge.attach(base, method, targets=["query", "value"], seed=0, **kw)
         opt = torch.optim.AdamW([p for p in base.parameters() if p.requires_grad], lr=1e-4)

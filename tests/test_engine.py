@@ -258,7 +258,8 @@ def test_hub_image_and_math_tasks_from_save_to_disk_folders(tmp_path):
     item = data.eval[2]
     assert item["pixel_values"].shape == (3, 16, 16) and int(item["labels"]) == 3
     math_dd = datasets.DatasetDict({
-        "train": datasets.Dataset.from_dict({"query": ["What is 2+2?"] * 3, "response": ["2+2=4. The answer is: 4"] * 3}),
+        "train": datasets.Dataset.from_dict({"query": ["What is 2+2?"] * 3,
+                                             "response": ["2+2=4. The answer is: 4"] * 3}),
         "test": datasets.Dataset.from_dict({"question": ["What is 3+3?"], "answer": ["3+3=6\n#### 6"]})})
     math_dd.save_to_disk(str(tmp_path / "math"))
     from transformers import AutoTokenizer
