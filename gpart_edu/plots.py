@@ -289,3 +289,28 @@ def plot_singular_values(sv_by_name: dict, ax=None, kind: str = "spectrum", bins
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, which="both")
     return ax
+
+
+# ---- full scale (notebook 06)
+def plot_allreduce(costs: list, ax=None):
+    """Bytes all-reduced per optimizer step (log scale) for each recipe's method, next to full fine-tuning.
+
+    ``costs``: dicts from ``recipes.cost`` (keys recipe, method, allreduce_bytes, full_ft_allreduce_bytes)."""
+    plt = _plt()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 0.32 * len(costs) + 1.2))
+    colors = {"gpart": "C0", "unilora": "C2", "lora": "C1"}
+    labels = [c["recipe"] for c in costs]
+    y = list(range(len(costs)))
+    ax.barh(y, [c["allreduce_bytes"] for c in costs], color=[colors.get(c["method"], "C7") for c in costs])
+    ax.scatter([c["full_ft_allreduce_bytes"] for c in costs], y, marker="|", s=120, color="k")
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes all-reduced per optimizer step (fp32 gradients)")
+    from matplotlib.patches import Patch
+    handles = [Patch(color=col, label=name) for name, col in colors.items()]
+    handles.append(ax.scatter([], [], marker="|", s=120, color="k", label="full fine-tuning"))
+    ax.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4)
+    ax.grid(alpha=0.3, axis="x")
+    return ax

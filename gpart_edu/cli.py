@@ -1,0 +1,227 @@
+"""The ``gpart-edu`` command: fine-tune with a recipe or explicit settings, verify the isometry claims.
+
+    gpart-edu finetune --model minilm --task tweets --method gpart --d 23040 --steps 30 --out runs/tweets
+    gpart-edu finetune --recipe roberta-base-sst2 --out runs/sst2           # the paper's settings
+    torchrun --nproc_per_node 4 --no-python gpart-edu finetune --recipe roberta-base-sst2 --out runs/sst2
+(under torchrun / accelerate launch write --dim / --rank for --d / --r: their own parsers would read --d and
+--r as ambiguous abbreviations of their options)
+    gpart-edu verify --model minilm --method gpart --d 23040                # exit 0: every claim holds
+    gpart-edu recipes [--family glue] [--show roberta-base-sst2]
+
+Exit status: 0 success / every claimed property holds; 1 a claimed property fails (verify); 2 usage or
+configuration error (out-of-range values, unknown names), with a message saying what to change.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from . import engine, recipes, tasks
+from .errors import GPartEduError
+
+
+# --------------------------------------------------------------------------------- arg types
+def _number(kind, low=None, high=None, low_open=False, high_open=False, what="a number"):
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        bad = (not math.isfinite(v) or (low is not None and (v <= low if low_open else v < low))
+               or (high is not None and (v >= high if high_open else v > high)))
+        if bad:
+            lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+            hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
+            bounds = " and ".join(x for x in (lo, hi) if x)
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {bounds}")
+        return v
+    return parse
+
+
+POS_INT = _number(int, 1, what="a positive integer")
+NONNEG_INT = _number(int, 0, what="an integer >= 0")
+POS_FLOAT = _number(float, 0, low_open=True, what="a positive number")
+NONNEG_FLOAT = _number(float, 0, what="a number >= 0")
+FRACTION = _number(float, 0, 1, high_open=True, what="a fraction in [0, 1)")
+
+
+def _targets(text):
+    parts = [t.strip() for t in text.split(",") if t.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError("give layer name suffixes separated by commas, e.g. query,value")
+    return parts[0] if parts == ["all-linear"] else tuple(parts)
+
+
+# ---------------------------------------------------------------------------------- parsers
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gpart-edu", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{finetune,verify,recipes}")
+    f = sub.add_parser("finetune", help="fine-tune a model and write results.json, the adapter and a summary")
+    f.add_argument("--recipe", help="start from a named recipe (gpart-edu recipes); flags below override it")
+    f.add_argument("--model", help="'minilm', 'smollm2', a hub id or a local folder")
+    f.add_argument("--task", choices=sorted(tasks.TASKS), metavar="TASK",
+                   help=f"offline: {', '.join(tasks.names('offline'))}; hub: {', '.join(tasks.names('hub'))}")
+    f.add_argument("--method", choices=engine.METHODS)
+    f.add_argument("--d", "--dim", dest="d", type=POS_INT,
+                   help="length of theta (gpart, unilora); write --dim under torchrun / accelerate launch")
+    f.add_argument("--r", "--rank", dest="r", type=POS_INT, help="rank (lora, unilora); --rank under launchers")
+    f.add_argument("--alpha", type=POS_FLOAT, help="LoRA alpha")
+    f.add_argument("--assignment", choices=("balanced", "multinomial", "hashed"))
+    f.add_argument("--targets", type=_targets, help="comma-separated layer names (default query,value)")
+    g = f.add_mutually_exclusive_group()
+    g.add_argument("--steps", type=POS_INT, help="optimizer steps")
+    g.add_argument("--epochs", type=POS_FLOAT, help="epochs over the training set")
+    f.add_argument("--seeds", type=NONNEG_INT, nargs="+", metavar="SEED", help="one run per seed (default 0)")
+    f.add_argument("--out", required=True, help="output folder")
+    f.add_argument("--lr", type=POS_FLOAT, help="learning rate of theta (baselines: of every trained tensor)")
+    f.add_argument("--head-lr", type=POS_FLOAT, help="learning rate of the task head")
+    f.add_argument("--weight-decay", type=NONNEG_FLOAT)
+    f.add_argument("--batch-size", type=POS_INT, help="global batch (all processes and accumulation steps)")
+    b = f.add_mutually_exclusive_group()
+    b.add_argument("--per-device-batch-size", type=POS_INT)
+    b.add_argument("--grad-accum", type=POS_INT, help="gradient accumulation steps")
+    f.add_argument("--eval-batch-size", type=POS_INT)
+    f.add_argument("--warmup", type=FRACTION, help="warm-up fraction of the steps")
+    f.add_argument("--schedule", choices=tuple(engine.SCHEDULES))
+    f.add_argument("--dropout", type=FRACTION, help="model hidden/attention dropout")
+    f.add_argument("--max-length", type=POS_INT, help="tokens per example (LM: block length)")
+    f.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on when the GPU supports it)")
+    f.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    f.add_argument("--max-train", type=POS_INT, help="use a seeded subset of the training set")
+    f.add_argument("--max-eval", type=POS_INT, help="use a seeded subset of the evaluation set")
+    f.add_argument("--eval-steps", type=POS_INT, help="evaluate every N steps (default: start, epochs, end)")
+    f.add_argument("--save-steps", type=POS_INT, help="checkpoint every N steps (for --resume)")
+    f.add_argument("--logging-steps", type=POS_INT)
+    f.add_argument("--stop-after-steps", type=POS_INT, help="stop and checkpoint at this step (time budget)")
+    f.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT")
+    f.add_argument("--dataset-path", help="a local copy of a hub task's data (folder)")
+    f.add_argument("--workers", type=NONNEG_INT, help="data-loading worker processes (default 0)")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar (evaluations are printed)")
+    v = sub.add_parser("verify", help="check the isometry claims of a method on a model's layers")
+    src = v.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="'minilm', a hub id or a local folder (only its config is read)")
+    src.add_argument("--adapter", help="an adapter file (from finetune): verify the trained theta")
+    v.add_argument("--method", choices=engine.ADAPTER_METHODS)
+    v.add_argument("--d", "--dim", dest="d", type=POS_INT)
+    v.add_argument("--r", "--rank", dest="r", type=POS_INT)
+    v.add_argument("--alpha", type=POS_FLOAT)
+    v.add_argument("--seed", type=NONNEG_INT, default=0)
+    v.add_argument("--assignment", choices=("balanced", "multinomial", "hashed"), default="balanced")
+    v.add_argument("--targets", type=_targets, default=None, help="default: query,value (or q_proj,v_proj)")
+    v.add_argument("--pairs", type=POS_INT, default=20, help="random pairs for the distance ratios")
+    v.add_argument("--k", type=POS_INT, default=6, help="top-k and bottom-k Jacobian singular values")
+    v.add_argument("--spectrum", choices=("lanczos", "sample", "none"), default="lanczos",
+                   help="Jacobian singular values: extremes by Lanczos, or a quick sample of columns")
+    v.add_argument("--samples", type=POS_INT, default=128, help="theta coordinates for --spectrum sample")
+    v.add_argument("--pair-norm", type=POS_FLOAT, default=1.0, help="||x|| = ||y|| of the random pairs")
+    v.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    v.add_argument("--tol", type=POS_FLOAT, help="tolerance (default 1e-10 in float64, 1e-5 in float32)")
+    v.add_argument("--claim", choices=("auto", "isometric"), default="auto",
+                   help="auto: check what the method claims; isometric: require end-to-end isometry")
+    v.add_argument("--json", help="also write the checks to this JSON file")
+    r = sub.add_parser("recipes", help="list the paper's recipes, or show one with its cost")
+    r.add_argument("--family", choices=("glue", "vit", "math", "cpu"))
+    r.add_argument("--show", metavar="NAME", help="one recipe: every value, its cost and the command")
+    return p
+
+
+# ---------------------------------------------------------------------------------- finetune
+FLAG_FIELDS = ("model", "task", "method", "d", "r", "alpha", "assignment", "targets", "steps", "epochs", "lr",
+               "head_lr", "weight_decay", "batch_size", "per_device_batch_size", "grad_accum", "eval_batch_size",
+               "warmup", "schedule", "dropout", "max_length", "bf16", "device", "max_train", "max_eval",
+               "eval_steps", "save_steps", "logging_steps", "stop_after_steps", "dataset_path", "workers")
+
+
+def config_from_args(args) -> engine.RunConfig:
+    """RunConfig from a recipe (if any) overridden by the explicit flags; ConfigError on bad combinations."""
+    given = {k: getattr(args, k) for k in FLAG_FIELDS if getattr(args, k) is not None}
+    given.update(resume=args.resume, progress=not args.no_progress)
+    if args.recipe:
+        cfg = engine.RunConfig.from_recipe(args.recipe, **given)
+    else:
+        missing = [f"--{k}" for k in ("model", "task", "method") if k not in given]
+        if missing:
+            raise GPartEduError(f"{', '.join(missing)} required (or start from --recipe NAME)")
+        if "steps" not in given and "epochs" not in given:
+            raise GPartEduError("give --steps N or --epochs E")
+        if given["method"] in ("head", "full") and "head_lr" not in given and "lr" not in given:
+            given["lr"] = 1e-3
+        cfg = engine.RunConfig(**given)
+    cfg.validate()
+    return cfg
+
+
+def cmd_finetune(args) -> int:
+    import json
+    import os
+    from pathlib import Path
+    from statistics import mean, pstdev
+    cfg = config_from_args(args)
+    seeds = args.seeds or [cfg.seed]
+    out, runs = Path(args.out), []
+    command = "gpart-edu " + " ".join(sys.argv[1:])
+    for s in seeds:
+        cfg.seed = s
+        target = out if len(seeds) == 1 else out / f"seed-{s}"
+        runs.append(engine.run(cfg, target, extra={"command": command}))
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if len(seeds) > 1 and rank0:
+        finals = [r["final"] for r in runs]
+        keys = [k for k in finals[0] if isinstance(finals[0][k], (int, float)) and k != "step"]
+        agg = {k: {"mean": mean(f[k] for f in finals), "std": pstdev(f[k] for f in finals)} for k in keys}
+        (out / "results.json").write_text(json.dumps({"format": "gpart_edu.results.seeds", "seeds": seeds,
+                                                      "runs": [f"seed-{s}" for s in seeds], "final": agg},
+                                                     indent=2) + "\n")
+        lines = [f"# {cfg.method} on {cfg.task} ({cfg.model}), {len(seeds)} seeds", "",
+                 "| metric | mean | std |", "|---|---|---|"]
+        lines += [f"| {k} | {v['mean']:.4f} | {v['std']:.4f} |" for k, v in agg.items()]
+        (out / "summary.md").write_text("\n".join(lines) + "\n")
+    if rank0:
+        last = runs[-1]
+        print(f"done: {out} (final: " + ", ".join(f"{k} {v:.4f}" for k, v in last["final"].items()
+                                                   if isinstance(v, float)) + ")")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ recipes
+def cmd_recipes(args) -> int:
+    if args.show:
+        r = recipes.get(args.show)
+        for k, v in r.as_dict().items():
+            print(f"{k:>22}: {v}")
+        c = recipes.cost(r)
+        print(f"{'parameters':>22}: model {c['model_params']:,}, adapted D {c['D']:,}, theta {c['theta']:,}, "
+              f"head {c['head']:,}")
+        print(f"{'all-reduce / step':>22}: {c['allreduce_bytes']:,} bytes (full fine-tuning: "
+              f"{c['full_ft_allreduce_bytes']:,})")
+        print(f"{'command':>22}: gpart-edu finetune --recipe {r.name} --out runs/{r.name}")
+        return 0
+    rows = recipes.table(args.family, methods=("gpart", "lora", "unilora"))
+    print(f"{'recipe':<28} {'model':<36} {'method':<8} {'d/r':>8} {'lr':>7} {'head lr':>8} {'epochs':>6} "
+          f"{'batch':>5}")
+    for row in rows:
+        size = row.get("d") or row.get("r")
+        print(f"{row['recipe']:<28} {row['model']:<36} {row['method']:<8} {size:>8} {row['lr']:>7g} "
+              f"{row['head_lr'] if row['head_lr'] is not None else '-':>8} {row['epochs']:>6g} {row['batch']:>5}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "finetune":
+            return cmd_finetune(args)
+        if args.command == "verify":
+            from .verify import cmd_verify
+            return cmd_verify(args)
+        return cmd_recipes(args)
+    except GPartEduError as e:
+        parser.error(str(e))          # usage + message, exit 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

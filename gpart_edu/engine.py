@@ -1,0 +1,314 @@
+"""Train at full scale through transformers' Trainer: data parallel, bf16, accumulation, checkpoint + resume.
+
+    results = engine.run(engine.RunConfig(model="minilm", task="tweets", method="gpart", d=23_040, steps=30),
+                         out="runs/tweets")
+
+The same code runs on one CPU, one GPU, or N processes: ``torchrun --nproc_per_node N --no-python gpart-edu
+finetune ...`` (or, on GPUs, ``accelerate launch --multi_gpu -m gpart_edu.cli finetune ...``) makes Trainer
+wrap the model in DistributedDataParallel. The adapter is the registered submodule ``gpart_edu_adapter``, so theta is an
+ordinary parameter: DDP all-reduces its gradient (and the head's) and nothing else -- 4 (d + head) bytes per
+optimizer step (fp32 gradients), measured with a counting communication hook and written to results.json.
+Buffers (the partition's counts / ids) are regenerated from the seed on every process and never broadcast.
+Checkpoints (``out/checkpoints/checkpoint-N``) hold only the trainable tensors (theta + head) plus the
+optimizer, scheduler, RNG and Trainer state, so ``--resume`` continues the step count exactly.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+from . import tasks as tasklib
+from .adapter import attach
+from .errors import ConfigError
+from .results import collect_evals, load_finetuned, write_outputs  # noqa: F401  (re-exported)
+
+ADAPTER_METHODS = ("gpart", "unilora", "lora")
+METHODS = ADAPTER_METHODS + ("head", "full")
+SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+
+
+@dataclass
+class RunConfig:
+    """Everything one fine-tuning run needs; ``from_recipe`` fills it with a recipe's values."""
+
+    model: str = "minilm"
+    task: str = "tweets"
+    method: str = "gpart"
+    d: int | None = None
+    r: int | None = None
+    alpha: float | None = None
+    assignment: str = "balanced"
+    targets: tuple | str = ("query", "value")
+    seed: int = 0
+    lr: float = 5e-3
+    head_lr: float | None = None
+    weight_decay: float = 0.0
+    batch_size: int = 16                     # global batch (all processes, all accumulation steps)
+    per_device_batch_size: int | None = None  # None: batch_size / processes, no accumulation
+    grad_accum: int | None = None            # or: accumulation steps (per-device batch follows)
+    eval_batch_size: int = 64
+    warmup: float = 0.06
+    schedule: str = "linear"
+    epochs: float | None = None
+    steps: int | None = None
+    dropout: float | None = None
+    max_length: int | None = 128
+    bf16: bool | None = None                 # None: on when CUDA supports it
+    device: str = "auto"                     # auto | cpu | cuda
+    grad_clip: float | None = 1.0
+    max_train: int | None = None
+    max_eval: int | None = None
+    eval_steps: int | None = None
+    save_steps: int | None = None
+    logging_steps: int = 10
+    resume: bool = False
+    dataset_path: str | None = None
+    progress: bool = True
+    stop_after_steps: int | None = None      # stop (and checkpoint) early: a time budget / interruption
+    gsm8k_max_new_tokens: int = 256
+    workers: int = 0                         # DataLoader worker processes (images: decode/resize off the GPU loop)
+    recipe: str | None = None
+
+    @classmethod
+    def from_recipe(cls, name: str, **overrides) -> "RunConfig":
+        from . import recipes
+        r = recipes.get(name)
+        base = dict(model=r.model, task=r.task, method=r.method, targets=tuple(r.targets), lr=r.lr,
+                    head_lr=r.head_lr, weight_decay=r.weight_decay, batch_size=r.batch_size,
+                    per_device_batch_size=r.per_device_batch_size, warmup=r.warmup, schedule=r.schedule,
+                    epochs=r.epochs, dropout=r.dropout, max_length=r.max_length, bf16=r.bf16 or None,
+                    recipe=r.name, **{k: v for k, v in r.method_config.items() if k in ("d", "r", "alpha")})
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        if overrides.get("steps") is not None:
+            base["epochs"] = None
+        if overrides.get("grad_accum") is not None:
+            base["per_device_batch_size"] = None
+        return cls(**base)
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"method {self.method!r}; choose one of {', '.join(METHODS)}")
+        tasklib.get(self.task)
+        if self.method in ("gpart", "unilora") and self.d is None:
+            raise ConfigError(f"method {self.method} needs d (the length of theta), e.g. d=23040")
+        if (self.steps is None) == (self.epochs is None):
+            raise ConfigError("give exactly one of steps (optimizer steps) or epochs")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if not 0 <= self.warmup < 1:
+            raise ConfigError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device {self.device!r}; choose auto, cpu or cuda")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device 'cuda' requested but torch.cuda.is_available() is False; use --device cpu")
+        for name in ("lr", "batch_size", "eval_batch_size", "logging_steps"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+
+
+def split_batch(batch_size: int, per_device: int | None, world: int, accum: int | None = None) -> tuple[int, int]:
+    """(per-device batch, accumulation steps) with per_device * world * accumulation == batch_size.
+
+    Give per_device (accumulation follows) or accum (per_device follows) or neither (no accumulation)."""
+    if per_device is not None and accum is not None:
+        raise ConfigError("give the per-device batch or the accumulation steps, not both")
+    if accum is not None:
+        per_device, rest = divmod(batch_size, accum * world)
+        if rest or per_device < 1:
+            raise ConfigError(f"global batch {batch_size} is not a multiple of {accum} accumulation steps x "
+                              f"{world} processes; change --batch-size or --grad-accum")
+        return per_device, accum
+    if per_device is None:
+        per_device = max(1, batch_size // world)
+    per_device = min(per_device, max(1, batch_size // world))
+    accum, rest = divmod(batch_size, per_device * world)
+    if rest or accum < 1:
+        raise ConfigError(f"global batch {batch_size} is not a multiple of {per_device} per device x {world} "
+                          f"processes; change --batch-size or --per-device-batch-size")
+    return per_device, accum
+
+
+def allreduce_bytes(model: torch.nn.Module) -> int:
+    """Bytes data-parallel training all-reduces per optimizer step: every trainable tensor's gradient
+    (DDP reduces in the parameter dtype). For a GPart classifier: 4 (d + head) with fp32 parameters."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if p.requires_grad and p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            total += p.numel() * p.element_size()
+    return total
+
+
+def trainable_state(model: torch.nn.Module) -> dict:
+    """{name: tensor} of the trainable parameters (shared storage once): what a checkpoint holds."""
+    seen, out = set(), {}
+    for n, p in model.named_parameters():
+        if p.requires_grad and p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            out[n] = p
+    return out
+
+
+# ------------------------------------------------------------------------------------ model
+def load_model(cfg: RunConfig, spec):
+    """(model, tokenizer or None, image settings) for the task kind; the head is seeded with cfg.seed."""
+    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForImageClassification,
+                              AutoModelForSequenceClassification, AutoTokenizer)
+    from . import assets
+    torch.manual_seed(cfg.seed)
+    with assets._quiet_transformers():
+        if cfg.model == assets.SMOLLM2:
+            model, tok = assets.load_causal_lm(assets.SMOLLM2)
+        else:
+            path = assets.resolve_model(cfg.model)
+            hf = AutoConfig.from_pretrained(path)
+            kw = {}
+            if cfg.dropout is not None:
+                kw = {k: cfg.dropout for k in ("hidden_dropout_prob", "attention_probs_dropout_prob",
+                                               "attention_dropout") if hasattr(hf, k)}
+            if spec.kind == "text":
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    path, num_labels=spec.num_labels, ignore_mismatched_sizes=True, dtype=torch.float32, **kw)
+            elif spec.kind == "image":
+                model = AutoModelForImageClassification.from_pretrained(
+                    path, num_labels=spec.num_labels, ignore_mismatched_sizes=True, dtype=torch.float32, **kw)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kw)
+            tok = AutoTokenizer.from_pretrained(path) if spec.kind != "image" else None
+    if tok is not None and tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if tok is not None and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tok.pad_token_id
+    image = {}
+    if spec.kind == "image":
+        c = model.config
+        image = {"image_size": int(getattr(c, "image_size", 224)), "channels": int(getattr(c, "num_channels", 3)),
+                 "mean": (0.5,) * 3, "std": (0.5,) * 3}
+        try:
+            from transformers import AutoImageProcessor
+            proc = AutoImageProcessor.from_pretrained(assets.resolve_model(cfg.model))
+            image.update(mean=tuple(proc.image_mean), std=tuple(proc.image_std))
+        except Exception:  # noqa: BLE001 -- no processor config saved with the model: ViT's 0.5 / 0.5
+            pass
+    return model, tok, image
+
+
+def prepare(model, cfg: RunConfig):
+    """Attach the adapter (gpart / unilora / lora) or set the baseline's trainable set (head / full)."""
+    from . import train
+    from .recipes import resolve_targets
+    if cfg.method in ADAPTER_METHODS:
+        names = [n for n, _ in resolve_targets(model, cfg.targets)]
+        kw = {"seed": cfg.seed}
+        if cfg.method in ("gpart", "unilora"):
+            kw["d"] = cfg.d
+            if cfg.assignment != "balanced" or cfg.method == "gpart":
+                kw["assignment"] = cfg.assignment
+        if cfg.method in ("unilora", "lora") and cfg.r is not None:
+            kw["r"] = cfg.r
+        if cfg.method == "lora" and cfg.alpha is not None:
+            kw["alpha"] = cfg.alpha
+        return attach(model, cfg.method, targets=names, **kw)
+    train.set_trainable(model, cfg.method)
+    return None
+
+
+def run(cfg: RunConfig, out, extra: dict | None = None) -> dict:
+    """Fine-tune per ``cfg``; write results.json, the adapter (+ head) and summary.md into ``out``."""
+    from transformers import TrainingArguments
+    cfg.validate()
+    out = Path(out)
+    spec = tasklib.get(cfg.task)
+    t_start = time.perf_counter()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+    bf16 = bool(cfg.bf16) if cfg.bf16 is not None else (not use_cpu and torch.cuda.is_bf16_supported())
+    per_device, accum = split_batch(cfg.batch_size, cfg.per_device_batch_size, world, cfg.grad_accum)
+    ckpt_dir = out / "checkpoints"
+    resume_from = None
+    if cfg.resume:
+        from transformers.trainer_utils import get_last_checkpoint
+        resume_from = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+        if resume_from is None:
+            raise ConfigError(f"--resume: no checkpoint-N folder in {ckpt_dir}; run once with --save-steps first")
+
+    model, tok, image = load_model(cfg, spec)
+    adapter = prepare(model, cfg)
+    data = tasklib.load(cfg.task, tokenizer=tok, max_length=cfg.max_length, max_train=cfg.max_train,
+                        max_eval=cfg.max_eval, seed=cfg.seed, dataset_path=cfg.dataset_path,
+                        **({"image_size": image["image_size"], "channels": image["channels"],
+                            "mean": image["mean"], "std": image["std"]} if image else {}))
+    by_epoch = cfg.epochs is not None and cfg.epochs >= 1
+    # evaluate at step 0 (eval_on_start, kept in checkpoints' log history), every eval_steps / epoch, and last
+    eval_strategy = "epoch" if by_epoch and not cfg.eval_steps else "steps"
+    eval_steps = cfg.eval_steps or (None if by_epoch else 10 ** 12)
+    save_strategy = "steps" if cfg.save_steps else ("epoch" if by_epoch else "no")
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir), per_device_train_batch_size=per_device, gradient_accumulation_steps=accum,
+        per_device_eval_batch_size=cfg.eval_batch_size, learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
+        lr_scheduler_type=SCHEDULES[cfg.schedule], warmup_steps=cfg.warmup, max_steps=cfg.steps or -1,
+        num_train_epochs=cfg.epochs or 1.0, max_grad_norm=cfg.grad_clip or 0.0, bf16=bf16, use_cpu=use_cpu,
+        ddp_backend=("gloo" if use_cpu else None) if world > 1 else None,
+        ddp_find_unused_parameters=cfg.method == "full",
+        ddp_broadcast_buffers=False, eval_strategy=eval_strategy, eval_steps=eval_steps,
+        eval_on_start=resume_from is None, save_strategy=save_strategy,
+        save_steps=cfg.save_steps, save_total_limit=2, logging_steps=cfg.logging_steps, report_to="none",
+        seed=cfg.seed, disable_tqdm=not cfg.progress, remove_unused_columns=False, label_names=["labels"],
+        dataloader_num_workers=cfg.workers, prediction_loss_only=spec.kind in ("lm", "math"))
+    from .hf_trainer import monitor, rank_spread, trainer_class
+    trainer_cls = trainer_class()
+    trainer_cls.gpart_cfg = cfg
+    trainer = trainer_cls(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
+                          data_collator=data.collator, compute_metrics=tasklib.compute_metrics(spec))
+    if spec.kind not in ("lm", "math"):
+        # Classification heads return a per-batch mean loss and ignore Trainer's num_items_in_batch; left on,
+        # Trainer would multiply it by the number of processes and skip the accumulation division.
+        trainer.model_accepts_loss_kwargs = False
+    from transformers.trainer_callback import PrinterCallback
+    trainer.remove_callback(PrinterCallback)
+    mon = monitor(trainer, cfg)
+    trainer.add_callback(mon)
+    if args.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(args.device)
+    t_train = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume_from)
+    train_time = time.perf_counter() - t_train
+    evals = collect_evals(trainer.state.log_history)
+    if not evals or evals[-1]["step"] != trainer.state.global_step:
+        trainer.evaluate()
+        evals = collect_evals(trainer.state.log_history)
+    steps_run = trainer.state.global_step - (mon.first_step or 0)
+    dist_info = {"world_size": world, "backend": str(args.ddp_backend or ("nccl" if not use_cpu else "gloo"))
+                 if world > 1 else None, "per_device_batch_size": per_device, "gradient_accumulation_steps": accum,
+                 "allreduce_bytes_per_step_expected": allreduce_bytes(model) if world > 1 else 0,
+                 "allreduce_bytes_per_step_measured": (mon.comm["bytes"] / steps_run)
+                 if mon.comm["hooked"] and steps_run else None,
+                 "allreduce_calls": mon.comm["calls"], **rank_spread(model)}
+    if not trainer.is_world_process_zero():
+        return {"rank": int(os.environ.get("RANK", 0)), "evals": evals}
+    extra_metrics = {}
+    if spec.kind == "math" and data.gsm8k:          # generation on rank 0 only (--max-eval limits it)
+        from .gsm8k import gsm8k_accuracy
+        extra_metrics = gsm8k_accuracy(trainer.model, tok, data.gsm8k, cfg.gsm8k_max_new_tokens)
+    if args.device.type == "cuda":
+        peak, kind = torch.cuda.max_memory_allocated(args.device), "cuda max_memory_allocated"
+    else:
+        peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS (CPU, lifetime)"
+    info = {"spec": spec, "data": data, "adapter": adapter, "evals": evals, "extra_metrics": extra_metrics,
+            "state": trainer.state, "train_time": train_time, "wall_time": time.perf_counter() - t_start,
+            "peak": peak, "peak_kind": kind, "device": str(args.device), "bf16": bf16, "distributed": dist_info,
+            "resumed_from": resume_from, "model": model, "extra": extra or {}}
+    return write_outputs(out, cfg, info)
+
+
+def config_fields() -> list[str]:
+    return [f.name for f in fields(RunConfig)]
+
+
+__all__ = ["RunConfig", "run", "load_model", "prepare", "allreduce_bytes", "split_batch", "trainable_state",
+           "load_finetuned", "config_fields", "METHODS", "ADAPTER_METHODS"]

@@ -1,0 +1,213 @@
+"""What a fine-tuning run leaves in its folder, and loading it back.
+
+    out/results.json         metrics per evaluation, config, versions, wall time, peak memory, costs
+    out/adapter.safetensors  theta + seed + method config + target fingerprint (gpart / unilora / lora)
+    out/head.safetensors     the trained task head (absent for causal LMs)
+    out/trainable.safetensors  head / full baselines: every trained tensor instead of the two above
+    out/summary.md           a short human-readable report
+    out/checkpoints/         Trainer checkpoints (trainable tensors + optimizer/scheduler/RNG state)
+
+    model, tokenizer, results = load_finetuned("out")     # the base model + the saved adapter and head
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from .adapter import ADAPTER_ATTR
+
+RESULTS_FORMAT = "gpart_edu.results"
+RESULTS_VERSION = 1
+_SKIP = ("runtime", "per_second", "epoch", "preparation_time")
+
+
+def collect_evals(log_history) -> list[dict]:
+    """[{step, loss, <metrics>}] from Trainer's log history (one entry per evaluated step, the last wins)."""
+    by_step = {}
+    for e in log_history:
+        if "eval_loss" not in e:
+            continue
+        row = {"step": int(e.get("step", 0)), "loss": float(e["eval_loss"])}
+        for k, v in e.items():
+            if k.startswith("eval_") and k != "eval_loss" and not any(s in k for s in _SKIP):
+                row[k[5:]] = float(v)
+        by_step[row["step"]] = row
+    rows = [by_step[s] for s in sorted(by_step)]
+    return rows
+
+
+def train_log(log_history) -> list[dict]:
+    """[{step, loss, learning_rate, grad_norm}] of the training-loss log entries."""
+    return [{k: (int(e[k]) if k == "step" else float(e[k])) for k in ("step", "loss", "learning_rate", "grad_norm")
+             if k in e} for e in log_history if "loss" in e and "eval_loss" not in e]
+
+
+def as_history(results: dict):
+    """A ``train.History`` of a run (per-step losses need ``logging_steps=1``), for ``plots.plot_history``."""
+    from .train import History
+    return History(config=results["config"], losses=[x["loss"] for x in results["train_log"]],
+                   lrs=[x.get("learning_rate", 0.0) for x in results["train_log"]], evals=list(results["evals"]),
+                   wall_time=results["train_time_s"], peak_memory_bytes=results["peak_memory_bytes"],
+                   peak_memory_kind=results["peak_memory_kind"])
+
+
+def _finite(x):
+    """JSON-safe copy: NaN / inf become None (a valid JSON document, unlike Python's NaN output)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {str(k): _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def versions() -> dict:
+    from .runtime import versions as base
+    out = base()
+    for name in ("accelerate", "datasets", "safetensors"):
+        try:
+            out[name] = __import__(name).__version__
+        except ImportError:
+            out[name] = "missing"
+    out["platform"] = platform.platform()
+    return out
+
+
+def write_outputs(out: Path, cfg, info: dict) -> dict:
+    """Write the run's files into ``out`` (rank 0 only); returns the results dict."""
+    from dataclasses import asdict
+
+    from safetensors.torch import save_file
+
+    from .engine import allreduce_bytes, trainable_state
+    out.mkdir(parents=True, exist_ok=True)
+    model, adapter, spec, data = info["model"], info["adapter"], info["spec"], info["data"]
+    state = trainable_state(model)
+    files = {"results": "results.json", "summary": "summary.md"}
+    if adapter is not None:
+        adapter.save(out / "adapter.safetensors")
+        files["adapter"] = "adapter.safetensors"
+        head = {n: p.detach().cpu().contiguous() for n, p in state.items() if not n.startswith(ADAPTER_ATTR)}
+        if head:
+            save_file(head, str(out / "head.safetensors"), metadata={"format": "gpart_edu.head"})
+            files["head"] = "head.safetensors"
+    else:
+        save_file({n: p.detach().cpu().contiguous() for n, p in state.items()}, str(out / "trainable.safetensors"),
+                  metadata={"format": "gpart_edu.trainable"})
+        files["trainable"] = "trainable.safetensors"
+    n_model = sum(p.numel() for n, p in model.named_parameters() if not n.startswith(ADAPTER_ATTR))
+    n_theta = adapter.num_trainable if adapter is not None else 0
+    evals = info["evals"]
+    if spec.kind in ("lm", "math"):
+        for e in evals:
+            e["perplexity"] = math.exp(e["loss"]) if e["loss"] < 700 else float("inf")
+    final = dict(evals[-1]) if evals else {}
+    final.update(info["extra_metrics"])
+    st = info["state"]
+    results = {
+        "format": RESULTS_FORMAT, "version": RESULTS_VERSION,
+        "config": asdict(cfg),
+        "task": {"name": spec.name, "kind": spec.kind, "metric": spec.metric, "source": spec.source,
+                 "n_train": len(data.train), "n_eval": len(data.eval)},
+        "model": {"id": cfg.model, "params": n_model, "method": cfg.method, "theta": n_theta,
+                  "D": adapter.D if adapter is not None else None,
+                  "adapted_layers": len(adapter.targets) if adapter is not None else 0,
+                  "trainable": sum(p.numel() for p in state.values()),
+                  "summary": adapter.summary() if adapter is not None else f"{cfg.method} baseline"},
+        "evals": evals, "final": final, "train_log": train_log(st.log_history),
+        "global_step": int(st.global_step), "max_steps": int(st.max_steps), "epochs_done": float(st.epoch or 0.0),
+        "stopped_early": bool(cfg.stop_after_steps) and int(st.global_step) < int(st.max_steps),
+        "wall_time_s": info["wall_time"], "train_time_s": info["train_time"],
+        "peak_memory_bytes": int(info["peak"]), "peak_memory_kind": info["peak_kind"],
+        "device": info["device"], "bf16": info["bf16"],
+        "allreduce_bytes_per_step": allreduce_bytes(model), "distributed": info["distributed"],
+        "resumed_from": info["resumed_from"], "versions": versions(), "files": files,
+        "command": info["extra"].get("command", " ".join(sys.argv)),
+    }
+    results = _finite(results)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "summary.md").write_text(summary_markdown(results))
+    return results
+
+
+def _fmt(v):
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def summary_markdown(r: dict) -> str:
+    """A short report: what ran, before -> after, cost, files."""
+    c, m, ev = r["config"], r["model"], r["evals"]
+    keys = [k for k in (ev[-1] if ev else {}) if k != "step"]
+    lines = [f"# {c['method']} on {r['task']['name']} ({c['model']})", "",
+             f"{m['summary']}", "",
+             f"* steps {r['global_step']} (epochs {r['epochs_done']:.2f}), global batch {c['batch_size']}, "
+             f"lr {c['lr']}, head lr {c['head_lr']}, seed {c['seed']}",
+             f"* device {r['device']}, bf16 {r['bf16']}, processes {r['distributed']['world_size']}, "
+             f"wall time {r['wall_time_s']:.1f} s (training {r['train_time_s']:.1f} s), "
+             f"peak memory {r['peak_memory_bytes'] / 2**20:.0f} MiB ({r['peak_memory_kind']})",
+             f"* trainable tensors {m['trainable']:,} of {m['params']:,} model parameters; data-parallel "
+             f"all-reduce {r['allreduce_bytes_per_step']:,} bytes per optimizer step", "",
+             "| step | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    lines += [f"| {e['step']} | " + " | ".join(_fmt(e.get(k)) for k in keys) + " |" for e in ev]
+    extra = {k: v for k, v in r["final"].items() if k.startswith("gsm8k")}
+    if extra:
+        lines += ["", "GSM8K: " + ", ".join(f"{k} {_fmt(v)}" for k, v in extra.items())]
+    lines += ["", "Files: " + ", ".join(f"`{f}`" for f in r["files"].values()),
+              "", "Reload: `from gpart_edu.results import load_finetuned; model, tok, res = load_finetuned(DIR)`", ""]
+    return "\n".join(lines)
+
+
+def load_finetuned(out, device: str | None = None):
+    """(model, tokenizer, results): the run's base model rebuilt as in training, with its adapter and head."""
+    from safetensors.torch import load_file
+
+    from . import tasks
+    from .adapter import load_adapter
+    from .engine import RunConfig, load_model
+    out = Path(out)
+    results = json.loads((out / "results.json").read_text())
+    known = {f for f in RunConfig.__dataclass_fields__}
+    cfg = RunConfig(**{k: v for k, v in results["config"].items() if k in known})
+    if isinstance(cfg.targets, list):
+        cfg.targets = tuple(cfg.targets)
+    model, tok, _ = load_model(cfg, tasks.get(cfg.task))
+    files = results["files"]
+    if "adapter" in files:
+        load_adapter(out / files["adapter"], model)
+    tensors = load_file(str(out / files["head"])) if "head" in files else \
+        load_file(str(out / files["trainable"])) if "trainable" in files else {}
+    params = dict(model.named_parameters())
+    unknown = sorted(set(tensors) - set(params))
+    if unknown:
+        raise ValueError(f"{out}: saved tensors {unknown[:3]} do not exist in {cfg.model}; wrong base model?")
+    with torch.no_grad():
+        for n, t in tensors.items():
+            params[n].copy_(t.to(params[n].dtype))
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model, tok, results
+
+
+@torch.no_grad()
+def evaluate_model(model, data, batch_size: int = 64) -> dict:
+    """Mean loss (weighted by batch size, as Trainer) and accuracy of ``model`` on ``data.eval``."""
+    from transformers import default_data_collator
+    loader = torch.utils.data.DataLoader(data.eval, batch_size=batch_size,
+                                         collate_fn=data.collator or default_data_collator)
+    dev = next(model.parameters()).device
+    tot, n, correct = 0.0, 0, 0
+    for batch in loader:
+        batch = {k: v.to(dev) for k, v in batch.items()}
+        outp = model(**batch)
+        bs = len(batch["labels"])
+        tot, n = tot + float(outp.loss) * bs, n + bs
+        if outp.logits.dim() == 2 and outp.logits.shape[-1] > 1:
+            correct += int((outp.logits.argmax(-1) == batch["labels"]).sum())
+    return {"loss": tot / n, "accuracy": correct / n}
