@@ -106,6 +106,21 @@ def run_one(make_model, method: str, budget, seed: int, train, eval_data, config
             "diverged": hist.diverged, "lr": cfg.lr, "head_lr": cfg.head_lr}
 
 
+def lr_pair(lrs: dict, method: str, budget) -> tuple:
+    """(lr, head_lr) for (method, budget) from ``lrs`` (see ``run_grid``); (None, None) when absent."""
+    spec = lrs.get(method, (None, None))
+    if callable(spec):
+        spec = spec(budget)
+    elif isinstance(spec, dict):
+        if budget not in spec:
+            raise ConfigError(f"lrs[{method!r}] has no entry for budget {budget!r}; its budgets: {list(spec)}")
+        spec = spec[budget]
+    if not (isinstance(spec, (tuple, list)) and len(spec) == 2):
+        raise ConfigError(f"lrs[{method!r}] must be (lr, head_lr), {{budget: (lr, head_lr)}} or a function; "
+                          f"got {spec!r}")
+    return tuple(spec)
+
+
 def _key(tag, method, budget, seed, cfg: TrainConfig, lr, head_lr, method_kwargs) -> str:
     blob = json.dumps([tag, method, budget, seed, dataclasses.asdict(cfg), lr, head_lr, method_kwargs],
                       sort_keys=True, default=str)
@@ -117,7 +132,8 @@ def run_grid(make_model, grid, seeds, train, eval_data, config: TrainConfig, *, 
              **run_kwargs) -> list[dict]:
     """Run every (method, budget, seed) of ``grid`` = [(method, [budgets...]), ...]; return the run rows.
 
-    ``lrs[method] = (lr, head_lr)`` overrides the config's learning rates per method;
+    ``lrs[method] = (lr, head_lr)`` overrides the config's learning rates per method, or per budget with
+    ``{budget: (lr, head_lr)}`` or a function ``budget -> (lr, head_lr)`` (None keeps the config's value);
     ``method_kwargs[method]`` adds attach options (e.g. {"r": 4} for Uni-LoRA, {"alpha": 8} for LoRA).
     ``cache``: a .jsonl file; runs already there with the same settings (and ``tag``, e.g. the data set
     name) are read back instead of re-run, and new runs are appended, so an interrupted grid resumes.
@@ -127,6 +143,9 @@ def run_grid(make_model, grid, seeds, train, eval_data, config: TrainConfig, *, 
         for b in bs:
             _check_method(m, b)
     lrs, method_kwargs = lrs or {}, method_kwargs or {}
+    for m, bs in grid:
+        for b in bs:
+            lr_pair(lrs, m, b)  # fail early on a missing per-budget learning rate
     done = {}
     if cache is not None and Path(cache).exists():
         for line in Path(cache).read_text().splitlines():
@@ -135,8 +154,8 @@ def run_grid(make_model, grid, seeds, train, eval_data, config: TrainConfig, *, 
                 done[rec["key"]] = rec["row"]
     rows = []
     for m, bs in grid:
-        lr, head_lr = lrs.get(m, (None, None))
         for b in bs:
+            lr, head_lr = lr_pair(lrs, m, b)
             for s in seeds:
                 key = _key(tag, m, b, s, config, lr, head_lr, method_kwargs.get(m))
                 if key in done:

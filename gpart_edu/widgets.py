@@ -46,7 +46,7 @@ def live_training(make_model, train, eval_data, *, methods: dict, config=None, t
 
     import ipywidgets as W
 
-    from .compare import METHOD_LABELS, prepare
+    from .compare import METHOD_LABELS, lr_pair, prepare
     from .train import TrainConfig, fit
 
     if not methods:
@@ -76,7 +76,7 @@ def live_training(make_model, train, eval_data, *, methods: dict, config=None, t
         try:
             model = make_model(seed)
             n = prepare(model, m, b, seed=seed, targets=targets, **method_kwargs.get(m, {}))
-            lr, head_lr = lrs.get(m, (None, None))
+            lr, head_lr = lr_pair(lrs, m, b)
             cfg = dataclasses.replace(cfg0, seed=seed, progress=False, lr=cfg0.lr if lr is None else lr,
                                       head_lr=cfg0.head_lr if head_lr is None else head_lr)
             state["model"] = model

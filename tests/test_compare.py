@@ -107,3 +107,14 @@ def test_accuracy_vs_params_plot(rows):
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "GPart" in labels and any(s.startswith("full FT") for s in labels)
     assert any(s.startswith("head only") for s in labels)
+
+
+def test_learning_rates_per_budget():
+    cfg = train.TrainConfig(steps=2, batch_size=16, progress=False)
+    args = dict(seeds=[0], train=data(), eval_data=None, config=cfg, targets=["layers.0"], verbose=False)
+    rows = compare.run_grid(make_model, [("gpart", [4, 8])], lrs={"gpart": {4: (0.1, 0.01), 8: (0.05, None)}}, **args)
+    assert [(r["lr"], r["head_lr"]) for r in rows] == [(0.1, 0.01), (0.05, None)]
+    rows = compare.run_grid(make_model, [("gpart", [4])], lrs={"gpart": lambda d: (0.4 / d, 0.02)}, **args)
+    assert (rows[0]["lr"], rows[0]["head_lr"]) == (0.1, 0.02) and math.isnan(rows[0]["accuracy"])
+    with pytest.raises(ConfigError, match="no entry for budget 8"):
+        compare.run_grid(make_model, [("gpart", [8])], lrs={"gpart": {4: (0.1, 0.01)}}, **args)

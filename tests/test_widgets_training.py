@@ -32,7 +32,7 @@ def test_controls_and_budget_options_follow_the_method():
 
 
 def test_start_trains_the_chosen_method_and_draws_the_curves():
-    w = build(background=False)
+    w = build(background=False, lrs={"lora": {1: (1e-2, None), 2: (3e-2, 5e-3)}})
     c = w.controls
     c.method.value = "lora"
     c.budget.value = 2
@@ -41,6 +41,7 @@ def test_start_trains_the_chosen_method_and_draws_the_curves():
     assert w.state["error"] is None and hist.steps_done == 12 and not hist.stopped_early
     assert [e["step"] for e in hist.evals] == [0, 4, 8, 12]
     assert w.state["model"].gpart_edu_adapter.method.r == 2
+    assert (hist.config["lr"], hist.config["head_lr"]) == (3e-2, 5e-3)      # per-budget learning rates
     assert bytes(c.image.value).startswith(PNG) and "done" in c.status.value and "accuracy" in c.status.value
     first_png = bytes(c.image.value)
     c.method.value = "gpart"
