@@ -363,7 +363,7 @@ def fit(model: nn.Module, train, eval_data=None, *, config: TrainConfig | None =
             peak_rss = max(peak_rss, _rss_bytes())
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             run_eval(step + 1)
-        if callback is not None and callback(hist, step + 1):
+        if callback is not None and callback(hist, step + 1) and step + 1 < cfg.steps:
             hist.stopped_early = True
             break
     bar.close()
