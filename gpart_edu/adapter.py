@@ -75,7 +75,20 @@ class Adapter(nn.Module):
 
     def delta_weights(self, theta: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """{qualified weight name: Delta W} for theta (default: the adapter's own). Pure, differentiable."""
-        return self.method.delta_weights(self.theta if theta is None else theta)
+        if theta is None:
+            return self.method.delta_weights(self.theta)
+        if not isinstance(theta, torch.Tensor):
+            raise TypeError(f"theta must be a torch.Tensor of shape ({self.num_trainable},), "
+                            f"got {type(theta).__name__}")
+        if tuple(theta.shape) != (self.num_trainable,):
+            raise ConfigError(f"theta must have shape ({self.num_trainable},) for this {self.method.name} "
+                              f"adapter, got {tuple(theta.shape)}")
+        if not torch.is_floating_point(theta):
+            raise TypeError(f"theta must be a floating-point tensor, got {theta.dtype}")
+        if theta.device != self.theta.device:
+            raise AttachError(f"theta is on {theta.device} but the adapter is on {self.theta.device}; "
+                              f"move it with theta.to({str(self.theta.device)!r})")
+        return self.method.delta_weights(theta)
 
     def forward(self, x):
         """Identity. The adapter acts through the redirected layers; this pass-through only keeps
@@ -85,6 +98,10 @@ class Adapter(nn.Module):
     def _forward_layer(self, i: int, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.merged or not self.enabled:
             return type(module).forward(module, x)
+        if self.theta.device != module.weight.device:
+            raise AttachError(f"theta is on {self.theta.device} but layer {self.method.targets[i].name} is on "
+                              f"{module.weight.device}; call model.to(device) after attaching (it moves the "
+                              f"adapter too) instead of moving single layers")
         return self.method.layer_forward(self.theta, i, module, x)
 
     @contextlib.contextmanager

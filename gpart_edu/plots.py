@@ -27,6 +27,270 @@ def plot_history(hist, ax=None, label: str | None = None, smooth: int = 5):
     return ax
 
 
+# ---- landscape plots
+def landscape_levels(landscapes, n: int = 21, log: bool = False, vmax: float | None = None):
+    """Contour levels shared by several ``landscape.Landscape`` grids (one colour scale for all).
+
+    ``log``: levels of log10(loss). ``vmax``: cap the scale (losses above it share the top colour).
+    """
+    import numpy as np
+    vals = np.concatenate([np.asarray(s.loss, dtype=float).ravel() for s in landscapes])
+    vals = vals[np.isfinite(vals)]
+    lo, hi = float(vals.min()), float(vals.max() if vmax is None else min(vmax, vals.max()))
+    if log:
+        lo, hi = np.log10(max(lo, 1e-12)), np.log10(max(hi, 1e-12))
+    if hi <= lo:
+        hi = lo + 1e-9
+    return np.linspace(lo, hi, n)
+
+
+def _surface_values(s, log: bool):
+    import numpy as np
+    z = np.asarray(s.loss, dtype=float)
+    return np.log10(np.maximum(z, 1e-12)) if log else z
+
+
+def _direction_label(info: dict) -> str:
+    names = {"random-theta": "random θ-direction", "filter": "filter-normalised (Pᵀδ)",
+             "filter-linearized": "filter-normalised (J(θ*)ᵀδ, linearised)"}
+    return names.get(info.get("kind"), info.get("kind", ""))
+
+
+def plot_landscape_contours(surfaces: dict, levels=None, log: bool = False, vmax: float | None = None,
+                            ncols: int | None = None, size: float = 3.6, cmap: str = "viridis"):
+    """Filled contours of several 2-D landscapes on ONE colour scale; x marks theta*, * the grid minimum.
+
+    ``surfaces``: {label: Landscape} (kind "grid"). Returns the figure (one colour bar for all panels).
+    """
+    import numpy as np
+    plt = _plt()
+    items = list(surfaces.items())
+    if not items:
+        raise ValueError("plot_landscape_contours needs at least one landscape")
+    lv = landscape_levels([s for _, s in items], log=log, vmax=vmax) if levels is None else np.asarray(levels)
+    ncols = ncols or len(items)
+    nrows = -(-len(items) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols + 0.8, size * nrows), squeeze=False,
+                             constrained_layout=True)
+    cs = None
+    for ax, (label, s) in zip(axes.ravel(), items):
+        a, b = s.coords
+        z = np.clip(_surface_values(s, log), lv[0], lv[-1])
+        cs = ax.contourf(a, b, z.T, levels=lv, cmap=cmap, extend="neither")  # loss[i, j] at (a_i, b_j)
+        ax.contour(a, b, z.T, levels=lv, colors="k", linewidths=0.3, alpha=0.4)
+        ax.plot(0, 0, "x", color="red", ms=9, mew=2, label="θ* (trained)")
+        ma, mb = s.argmin()
+        ax.plot(ma, mb, "*", color="white", mec="k", ms=12, label="grid minimum")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("a  (" + _direction_label(s.meta.get("direction", {})) + " u)", fontsize=8)
+        ax.set_ylabel("b  (v)", fontsize=8)
+        ax.set_aspect("equal")
+    for ax in axes.ravel()[len(items):]:
+        ax.set_visible(False)
+    axes.ravel()[0].legend(fontsize=7, loc="upper left")
+    fig.colorbar(cs, ax=axes.ravel().tolist(), label="log10 loss" if log else "loss", shrink=0.9)
+    return fig
+
+
+def plot_landscape_lines(curves: dict, ax=None, log: bool = False, xlabel: str | None = None):
+    """Loss along 1-D landscapes (interpolations or lines) on one axis; dots mark t = 0 (and t = 1)."""
+    import numpy as np
+    plt = _plt()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.4))
+    for label, c in curves.items():
+        t, z = c.coords[0], np.asarray(c.loss, dtype=float)
+        line_, = ax.plot(t, z, lw=2, label=label)
+        ends = [0.0, 1.0] if c.meta.get("kind") == "interpolation" else [0.0]
+        for e in ends:
+            i = int(np.flatnonzero(t == e)[0])
+            ax.plot(t[i], z[i], "o", color=line_.get_color(), mec="k")
+    if log:
+        ax.set_yscale("log")
+    kind = next(iter(curves.values())).meta.get("kind") if curves else ""
+    default = "t   (θ = (1 − t)·θ_init + t·θ_trained)" if kind == "interpolation" else "t   (θ* + t·u)"
+    ax.set_xlabel(xlabel or default)
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_landscape_surface(surface, ax=None, log: bool = False, levels=None, cmap: str = "viridis"):
+    """3-D surface of one 2-D landscape (colour scale from ``levels``, e.g. ``landscape_levels`` of all)."""
+    import numpy as np
+    plt = _plt()
+    if ax is None:
+        fig = plt.figure(figsize=(5, 4))
+        ax = fig.add_subplot(projection="3d")
+    a, b = surface.coords
+    A, B = np.meshgrid(a, b, indexing="ij")
+    z = _surface_values(surface, log)
+    lv = landscape_levels([surface], log=log) if levels is None else np.asarray(levels)
+    ax.plot_surface(A, B, np.clip(z, lv[0], lv[-1]), cmap=cmap, vmin=lv[0], vmax=lv[-1], linewidth=0,
+                    antialiased=True, alpha=0.9)
+    ax.scatter([0], [0], [_surface_values(surface, log)[len(a) // 2, len(b) // 2]], color="red", s=40,
+               label="θ*")
+    ax.set_xlabel("a")
+    ax.set_ylabel("b")
+    ax.set_zlabel("log10 loss" if log else "loss")
+    return ax
+
+
+def plot_spectral_density(densities: dict, ax=None, sigma: float | None = None, n: int = 400):
+    """Gaussian-smoothed eigenvalue densities from ``curvature.spectral_density`` ({label: (nodes, weights)})."""
+    import numpy as np
+    plt = _plt()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.2))
+    allnodes = np.concatenate([nw[0] for nw in densities.values()])
+    lo, hi = float(allnodes.min()), float(allnodes.max())
+    width = max(hi - lo, 1e-12)
+    s = sigma or width / 60
+    x = np.linspace(lo - 3 * s, hi + 3 * s, n)
+    top = 0.0
+    for label, (nodes, weights) in densities.items():
+        dens = (weights[None, :] * np.exp(-(x[:, None] - nodes[None, :]) ** 2 / (2 * s * s))).sum(1)
+        dens = dens / (s * np.sqrt(2 * np.pi))
+        top = max(top, float(dens.max()))
+        ax.plot(x, dens, label=label)
+    ax.set_yscale("log")
+    ax.set_ylim(top * 1e-6, top * 3)
+    ax.set_xlabel("eigenvalue of H_θ")
+    ax.set_ylabel("density (smoothed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
+
+
+# ---- geometry plots
+def _ax(ax, size=(6, 3.2)):
+    if ax is None:
+        _, ax = _plt().subplots(figsize=size)
+    return ax
+
+
+def plot_matrix(M, ax=None, title: str = "", fmt: str = "{:.2f}", cmap: str = "Blues"):
+    """A small matrix as an image with every entry written in its cell (e.g. P for D = 12, d = 3)."""
+    import numpy as np
+    M = np.asarray(M, dtype=float)
+    ax = _ax(ax, (0.5 * M.shape[1] + 1.5, 0.3 * M.shape[0] + 1))
+    ax.imshow(M, cmap=cmap, aspect="auto")
+    for (i, j), v in np.ndenumerate(M):
+        if M.size <= 400:
+            ax.text(j, i, fmt.format(v) if v else "·", ha="center", va="center", fontsize=7,
+                    color="white" if abs(v) > 0.6 * np.abs(M).max() else "black")
+    ax.set_xticks(range(M.shape[1]))
+    ax.set_yticks(range(M.shape[0]))
+    ax.set_title(title, fontsize=9)
+    return ax
+
+
+def plot_group_sizes(counts_by_name: dict, ax=None, bins: int = 40):
+    """Histogram of partition group sizes n_j, one per assignment."""
+    ax = _ax(ax)
+    for name, counts in counts_by_name.items():
+        c = counts.cpu().numpy() if hasattr(counts, "cpu") else counts
+        ax.hist(c, bins=bins, alpha=0.5, label=f"{name} (min {c.min()}, max {c.max()})")
+    ax.set_xlabel("group size n_j")
+    ax.set_ylabel("number of groups")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_distance_ratios(ratios_by_name: dict, ax=None, bins: int = 40, logx: bool = False):
+    """Histogram of ||f(x) - f(y)|| / ||x - y|| per map; the isometry is the vertical line at 1."""
+    import numpy as np
+    ax = _ax(ax)
+    for name, r in ratios_by_name.items():
+        r = np.asarray(r)
+        if np.ptp(r) < 1e-9:  # an exact isometry: one spike
+            ax.axvline(r.mean(), lw=3, alpha=0.7, label=f"{name}: all {r.mean():.12f}")
+        else:
+            edges = np.geomspace(r.min(), r.max(), bins) if logx and r.min() > 0 else bins
+            ax.hist(r, bins=edges, alpha=0.5, label=f"{name}: {r.min():.3g} .. {r.max():.3g}")
+    ax.axvline(1.0, color="k", ls=":", lw=1)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel("distance ratio ||f(x) - f(y)|| / ||x - y||")
+    ax.set_ylabel("pairs")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_ratio_vs_norm(ratios_by_name: dict, ax=None):
+    """Median distance ratio (5-95 % band) against ||theta||, per map; ``{name: {norm: ratios}}``."""
+    import numpy as np
+    ax = _ax(ax)
+    for name, by_norm in ratios_by_name.items():
+        s = np.array(sorted(by_norm))
+        q = np.array([np.percentile(by_norm[v], [5, 50, 95]) for v in s])
+        line, = ax.plot(s, q[:, 1], "o-", label=name)
+        ax.fill_between(s, q[:, 0], q[:, 2], color=line.get_color(), alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("||theta||  (both points of each pair)")
+    ax.set_ylabel("distance ratio")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    return ax
+
+
+def plot_distortion_vs_D(Ds, distortion_by_name: dict, ax=None, ref: float | None = None):
+    """Distortion (e.g. std of the distance ratio) against D on log-log axes; ``ref``: c / sqrt(2D) line."""
+    import numpy as np
+    ax = _ax(ax)
+    Ds = np.asarray(Ds, dtype=float)
+    for name, vals in distortion_by_name.items():
+        ax.plot(Ds, np.maximum(np.asarray(vals, dtype=float), 1e-17), "o-", label=name)
+    if ref is not None:
+        ax.plot(Ds, ref / np.sqrt(2 * Ds), "k--", lw=1, label=f"{ref:g} / sqrt(2D)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("D (output dimension)")
+    ax.set_ylabel("distortion")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    return ax
+
+
+def plot_singular_values(sv_by_name: dict, ax=None, kind: str = "spectrum", bins: int = 40):
+    """Singular values per map: ``kind="spectrum"`` (sorted, log y) or ``"hist"`` (log-spaced bins)."""
+    import numpy as np
+    ax = _ax(ax)
+    spread = {n: np.sort(np.asarray(s, dtype=float))[::-1] for n, s in sv_by_name.items()}
+    pos_all = np.concatenate([s[s > 1e-12 * max(s.max(), 1e-300)] for s in spread.values()] or [np.ones(1)])
+    edges = np.geomspace(pos_all.min(), pos_all.max() * 1.0001, bins) if pos_all.min() < pos_all.max() else bins
+    n_spikes = 0
+    for i, (name, s) in enumerate(spread.items()):
+        color = f"C{i}"
+        if kind == "spectrum":
+            ax.plot(np.arange(1, len(s) + 1), np.maximum(s, 1e-17), ".-", ms=3, label=name, color=color)
+            continue
+        pos = s[s > 1e-12 * max(s.max(), 1e-300)]  # exact zeros cannot sit on a log axis: counted in the label
+        zeros = f", {len(s) - len(pos)} zero" if len(pos) < len(s) else ""
+        if len(pos) and np.ptp(pos) < 1e-6 * pos.max():  # (numerically) one value: a spike
+            ax.axvline(pos.mean(), lw=3, alpha=0.7, color=color, ls=("-", "--", ":")[n_spikes % 3],
+                       label=f"{name}: all {pos.mean():.7f}{zeros}")
+            n_spikes += 1
+        elif len(pos):
+            ax.hist(pos, bins=edges, alpha=0.55, color=color,
+                    label=f"{name}: {pos.min():.3g} .. {pos.max():.3g}{zeros}")
+    if kind == "spectrum":
+        ax.set_yscale("log")
+        ax.set_xlabel("index i")
+        ax.set_ylabel("singular value sigma_i of J")
+    else:
+        ax.set_xscale("log")
+        ax.set_xlabel("singular value of J")
+        ax.set_ylabel("count")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    return ax
+
+
 # ---- training plots
 _METHOD_STYLE = {"gpart": ("GPart", "C0", "o"), "unilora": ("Uni-LoRA", "C1", "s"), "lora": ("LoRA", "C2", "^"),
                  "head": ("head only", "0.4", None), "full": ("full FT", "k", None)}

@@ -15,6 +15,7 @@ Three ways of choosing g (``assignment``):
 """
 from __future__ import annotations
 
+import contextlib
 import operator
 
 import torch
@@ -46,16 +47,19 @@ def as_positive_int(value, name: str, hint: str = "") -> int:
     return out
 
 
-def _shr(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Logical (unsigned) right shift of int64 ``x`` by k bits."""
-    return (x >> k) & ((1 << (64 - k)) - 1)
-
-
 def _mix64(z: torch.Tensor) -> torch.Tensor:
-    """SplitMix64 finaliser on int64 tensors (wrap-around arithmetic = uint64 arithmetic)."""
-    z = (z ^ _shr(z, 30)) * _MIX1
-    z = (z ^ _shr(z, 27)) * _MIX2
-    return z ^ _shr(z, 31)
+    """SplitMix64 finaliser on int64 tensors, in place (wrap-around arithmetic = uint64 arithmetic).
+
+    In place with one scratch buffer: two int64 arrays of len(z) at any time, not seven.
+    """
+    t = torch.empty_like(z)
+    for shift, mult in ((30, _MIX1), (27, _MIX2), (31, None)):
+        torch.bitwise_right_shift(z, shift, out=t)
+        t.bitwise_and_((1 << (64 - shift)) - 1)       # logical shift: clear the sign-extended bits
+        z.bitwise_xor_(t)
+        if mult is not None:
+            z.mul_(mult)
+    return z
 
 
 def _seed_state(seed: int) -> int:
@@ -71,9 +75,11 @@ def hashed_group_ids(seed: int, start: int, stop: int, d: int, device=None) -> t
     id(i) = (mix64(state + (i + 1) * GOLDEN) >>> 1) mod d with state = mix64(seed): the i-th output of a
     SplitMix64 stream. Pure function of (seed, i, d): any chunking of the range gives the same ids.
     """
-    pos = torch.arange(start, stop, dtype=torch.int64, device=device)
-    z = (pos + 1) * _GOLDEN + _seed_state(seed)
-    return _shr(_mix64(z), 1) % d
+    z = torch.arange(start + 1, stop + 1, dtype=torch.int64, device=device)
+    z.mul_(_GOLDEN).add_(_seed_state(seed))
+    z = _mix64(z)
+    torch.bitwise_right_shift(z, 1, out=z)
+    return z.bitwise_and_((1 << 63) - 1).remainder_(d)
 
 
 class PartitionProjection(nn.Module):
@@ -124,7 +130,7 @@ class PartitionProjection(nn.Module):
 
     # ----------------------------------------------------------------------------------- ids
     def _build_ids(self) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed)
+        g = torch.Generator().manual_seed(self.seed % (1 << 64))  # any int seed, as for hashed
         if self.assignment == "balanced":
             ids = torch.randperm(self.D, generator=g) % self.d
         else:
@@ -142,7 +148,10 @@ class PartitionProjection(nn.Module):
         if self.assignment == "hashed":
             return hashed_group_ids(self.seed, start, stop, self.d, device=self.counts.device)
         if self._ids is None:
-            self._ids = self._build_ids().to(self.counts.device)
+            # built outside any torch.func transform: otherwise the cache would hold a transform-wrapped
+            # tensor that breaks every later call ("escaped?") or hits vmap's randomness check
+            with getattr(torch._C, "_DisableFuncTorch", contextlib.nullcontext)():
+                self._ids = self._build_ids().to(self.counts.device)
         return self._ids[start:stop]
 
     def group_ids(self, start: int = 0, stop: int | None = None) -> torch.Tensor:

@@ -1,6 +1,356 @@
-"""Interactive widgets for the notebooks. Each function *returns* its widget (ipywidgets is imported
+"""Interactive explorers for the notebooks. Each function *returns* its widget (ipywidgets is imported
 inside the function), so plain pytest can drive it by setting ``.value`` on its controls."""
 from __future__ import annotations
+
+import math
+
+import torch
+
+
+# ---- quickstart explorer
+EXPLORER_CLASS = "gpart-explorer"            # CSS classes the browser test (tests/test_browser.py) looks for
+READOUT_CLASS = "gpart-explorer-readout"
+
+
+def _eval_at_theta(model, key: str, theta: torch.Tensor, data, batch_size: int) -> dict:
+    """Mean cross-entropy and accuracy of ``model`` with its θ replaced by ``theta`` (no mutation).
+
+    Uses ``torch.func.functional_call`` with θ overridden; only the train/eval flag is touched and it is
+    restored in ``finally``. ``data`` is a dict with "labels" (HF inputs) or a tuple (x, y).
+    """
+    import torch.nn.functional as F
+    from torch.func import functional_call
+
+    y_all = data["labels"] if isinstance(data, dict) else data[1]
+    n = len(y_all)
+    dev = theta.device
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    try:
+        with torch.no_grad():
+            for a in range(0, n, batch_size):
+                sl = slice(a, min(n, a + batch_size))
+                if isinstance(data, dict):
+                    inputs = {k: v[sl].to(dev) for k, v in data.items() if k != "labels"}
+                    out = functional_call(model, {key: theta}, args=(), kwargs=inputs)
+                else:
+                    out = functional_call(model, {key: theta}, args=(data[0][sl].to(dev),))
+                logits = (out.logits if hasattr(out, "logits") else out).float()
+                y = y_all[sl].to(dev)
+                loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+                correct += int((logits.argmax(-1) == y).sum())
+    finally:
+        model.train(was_training)
+    return {"loss": loss_sum / n, "accuracy": correct / n}
+
+
+def theta_scale_explorer(adapter, data=None, t_min: float = -1.0, t_max: float = 2.0, step: float = 0.25,
+                         t: float = 1.0, max_examples: int = 128, batch_size: int = 64):
+    """Return a slider over t that shows ‖ΔW(t·θ)‖ against |t|·‖θ‖ and the model's loss at t·θ.
+
+    θ is a snapshot of ``adapter.theta`` taken now (the adapter and its model are never modified).
+    t = 0 is the pretrained weights (with whatever head was trained), t = 1 the trained adapter.
+    For GPart ΔW is linear and isometric, so ‖ΔW(t·θ)‖ = |t|·‖θ‖ exactly (computed in float64);
+    for LoRA / Uni-LoRA ΔW is bilinear in θ and the ratio grows like |t|.
+    ``data`` (optional, at most ``max_examples`` used): held-out examples for loss / accuracy at t·θ.
+
+    The returned ``VBox`` has ``.slider`` (FloatSlider), ``.readout`` (HTML) and ``.results``
+    ({t: {"t", "norm_dw", "predicted", "ratio", "loss", "accuracy"}}, filled as t values are visited).
+    """
+    import ipywidgets as widgets
+
+    from .adapter import ADAPTER_ATTR
+
+    if not (math.isfinite(t_min) and math.isfinite(t_max) and t_min < t_max):
+        raise ValueError(f"need finite t_min < t_max, got t_min={t_min!r}, t_max={t_max!r}")
+    if not (step > 0 and t_min <= t <= t_max):
+        raise ValueError(f"need step > 0 and t_min <= t <= t_max, got step={step!r}, t={t!r}")
+    if getattr(adapter, "model", None) is None:
+        raise ValueError("the adapter is detached (or not an Adapter); pass ge.get_adapter(model) of a model")
+    if adapter.merged:
+        raise ValueError("the adapter is merged, so changing θ has no effect; call adapter.unmerge() first")
+    if max_examples < 1:
+        raise ValueError(f"max_examples must be >= 1, got {max_examples!r}")
+    model = adapter.model
+    theta = adapter.theta.detach().clone()
+    theta64 = theta.double()
+    theta_norm = float(theta64.norm())
+    if data is not None:
+        data = ({k: v[:max_examples] for k, v in data.items()} if isinstance(data, dict)
+                else tuple(v[:max_examples] for v in data))
+
+    results: dict = {}
+
+    def measure(tv: float) -> dict:
+        if tv not in results:
+            dw = adapter.delta_weights(tv * theta64)
+            norm_dw = math.sqrt(sum(float(v.pow(2).sum()) for v in dw.values()))
+            predicted = abs(tv) * theta_norm
+            row = {"t": tv, "norm_dw": norm_dw, "predicted": predicted,
+                   "ratio": norm_dw / predicted if predicted > 0 else None}
+            if data is not None:
+                row.update(_eval_at_theta(model, f"{ADAPTER_ATTR}.theta", tv * theta, data, batch_size))
+            results[tv] = row
+        return results[tv]
+
+    def render(row: dict) -> str:
+        ratio = "—" if row["ratio"] is None else f"{row['ratio']:.12f}"
+        lines = [f"<b>t = {row['t']:+.2f}</b> &nbsp; (t = 0: pretrained weights, t = 1: trained θ)",
+                 f"‖ΔW(t·θ)‖ measured (float64) = <b>{row['norm_dw']:.6f}</b>",
+                 f"|t|·‖θ‖ (isometry predicts) = <b>{row['predicted']:.6f}</b> &nbsp; ratio {ratio}"]
+        if "loss" in row:
+            n = len(data["labels"] if isinstance(data, dict) else data[1])
+            lines.append(f"held-out loss at t·θ = <b>{row['loss']:.4f}</b>, accuracy <b>{row['accuracy']:.3f}</b>"
+                         f" (n = {n})")
+        return "<br>".join(lines)
+
+    slider = widgets.FloatSlider(value=t, min=t_min, max=t_max, step=step, description="t",
+                                 continuous_update=False, readout_format="+.2f",
+                                 layout=widgets.Layout(width="420px"))
+    readout = widgets.HTML()
+    readout.add_class(READOUT_CLASS)
+
+    def on_change(change=None):
+        readout.value = render(measure(float(slider.value)))
+
+    slider.observe(on_change, names="value")
+    on_change()
+    box = widgets.VBox([widgets.HTML(f"<b>Scale the trained θ</b> (d = {theta.numel():,}, "
+                                     f"‖θ‖ = {theta_norm:.4f}): ΔW(t·θ)"), slider, readout])
+    box.add_class(EXPLORER_CLASS)
+    box.slider, box.readout, box.results = slider, readout, results
+    return box
+
+# ---- landscape explorer
+def _digits_problem(seed: int = 0, n_eval: int = 360):
+    """A small, fast problem: an MLP 64 -> 32 -> 10 (random, frozen base) on scikit-learn's 8x8 digits."""
+    import torch
+    from torch import nn
+
+    from . import assets
+    try:
+        (x_tr, y_tr), (x_te, y_te) = assets.load_digits(seed=seed)
+    except assets.AssetMissing:  # no scikit-learn: a seeded synthetic 10-class problem of the same shape
+        g = torch.Generator().manual_seed(seed)
+        centers = torch.randn(10, 64, generator=g)
+        y = torch.randint(0, 10, (1797,), generator=g)
+        x = centers[y] + 0.8 * torch.randn(1797, 64, generator=g)
+        (x_tr, y_tr), (x_te, y_te) = (x[360:], y[360:]), (x[:360], y[:360])
+
+    def factory():
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10))
+
+    return factory, (x_tr, y_tr), (x_te[:n_eval], y_te[:n_eval])
+
+
+def _method_config(method: str, d: int, layer_sizes) -> dict:
+    """Config giving ``method`` about d trainable parameters (LoRA: the r whose count is closest to d)."""
+    per_r = sum(i + o for i, o in layer_sizes)
+    if method == "lora":
+        return {"r": max(1, round(d / per_r)), "alpha": 8.0, "seed": 0}
+    if method == "unilora":
+        return {"d": d, "r": max(4, -(-d // per_r)), "seed": 0}
+    return {"d": d, "seed": 0}
+
+
+def landscape_explorer(problem=None, methods=("gpart", "unilora", "lora"), d_values=(32, 64, 128, 256, 512),
+                       steps: int = 150, lr: dict | None = None, draw: bool = True):
+    """Return a widget: pick method, d, span, resolution and direction type; it trains theta (cached per
+    (method, d)), recomputes the 2-D landscape around the trained theta* and redraws the contour plot.
+
+    ``problem``: (model_factory, train_data, eval_data) (default: an MLP on 8x8 digits, a second per redraw).
+    Every adaptable layer is targeted; only theta trains. ``box.state`` holds the last ``landscape``,
+    ``figure``, ``message`` and trained ``model``; ``box.controls`` the controls; ``box.refresh()`` recomputes by hand.
+    """
+    import ipywidgets as W
+    import matplotlib.pyplot as plt
+
+    from . import landscape, plots, train
+    from .adapter import attach
+    from .targets import describe, find_targets
+
+    factory, train_data, eval_data = problem or _digits_problem()
+    lr = {"gpart": 5e-2, "unilora": 1e-1, "lora": 5e-2, **(lr or {})}  # a short sweep on the default problem
+    sizes = [(t.in_features, t.out_features) for t in (describe(n, m) for n, m in find_targets(factory()))]
+    controls = {
+        "method": W.Dropdown(options=list(methods), value=methods[0], description="method"),
+        "d": W.SelectionSlider(options=list(d_values), value=d_values[len(d_values) // 2], description="d",
+                               continuous_update=False),
+        "span": W.FloatLogSlider(value=5.0, base=10, min=-1, max=1.3, step=0.1, description="span",
+                                 continuous_update=False),
+        "resolution": W.IntSlider(value=11, min=5, max=31, step=2, description="resolution",
+                                  continuous_update=False),
+        "direction": W.ToggleButtons(options=[("random θ", "random-theta"), ("filter-normalised", "filter")],
+                                     value="random-theta", description="direction"),
+    }
+    output = W.Output()
+    status = W.HTML()
+    cache = {}
+    box = W.VBox([W.HBox([controls["method"], controls["d"]]), W.HBox([controls["span"], controls["resolution"]]),
+                  controls["direction"], status, output])
+    box.controls, box.output = controls, output
+    box.state = {"landscape": None, "figure": None, "message": "", "model": None}
+    box.add_class(EXPLORER_CLASS)      # stable selectors for the browser test
+    status.add_class(READOUT_CLASS)
+
+    def trained(method, d):
+        key = (method, d)
+        if key not in cache:
+            model = factory()
+            adapter = attach(model, method, targets="all-linear", trainable=(), **_method_config(method, d, sizes))
+            cfg = train.TrainConfig(steps=steps, batch_size=64, lr=lr[method], warmup=0.1, progress=False, seed=0,
+                                    device=str(adapter.theta.device))
+            hist = train.fit(model, train_data, eval_data, config=cfg)
+            cache[key] = (model, hist.final.get("accuracy", float("nan")))
+        return cache[key]
+
+    def refresh(_=None):
+        c = {k: w.value for k, w in controls.items()}
+        model, acc = trained(c["method"], c["d"])
+        obj = landscape.Objective(model, eval_data)
+        if c["direction"] == "filter":
+            u, v = (landscape.filter_direction(obj, seed=s, linearize=True) for s in (0, 1))
+        else:
+            u, v = landscape.random_directions(obj.d, 2, seed=0, dtype=obj.theta.dtype)
+        surf = landscape.grid(obj, u, v, span=c["span"], n=c["resolution"], progress=False)
+        msg = (f"{c['method']}: {obj.d} trainable, held-out accuracy {acc:.3f}, loss at θ* {surf.center_loss:.4f}, "
+               f"on the plane {surf.loss.min():.4f} … {surf.loss.max():.4f}; "
+               f"grid {c['resolution']}×{c['resolution']} in {surf.meta['seconds']:.2f} s")
+        if u.kind == "filter-linearized":
+            msg += " — the map is bilinear: the filter direction is pulled back with J(θ*)ᵀ (first order only)"
+        fig = plots.plot_landscape_contours({f"{c['method']} (θ-count {obj.d})": surf}) if draw else None
+        box.state.update(landscape=surf, figure=fig, message=msg, model=model)
+        status.value = msg
+        if fig is not None:
+            if _in_kernel():  # outside a kernel (pytest) there is nothing to display into
+                from IPython.display import display
+                with output:
+                    output.clear_output(wait=True)
+                    display(fig)
+            plt.close(fig)  # shown once, inside the widget; the object stays in box.state
+
+    for w in controls.values():
+        w.observe(refresh, names="value")
+    box.refresh = refresh
+    refresh()
+    return box
+
+
+def _in_kernel() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def _png(fig) -> bytes:
+    import io
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    return buf.getvalue()
+
+
+# ---- isometry explorer
+EXPLORER_METHODS = ("gpart", "gpart-hashed", "unilora", "lora", "gaussian", "fastfood")
+EXPLORER_SIZES = (12, 16, 16, 8)  # the built-in MLP's layer widths: D = 12*16 + 16*16 + 16*8 = 576
+
+
+def _explorer_targets(sizes=EXPLORER_SIZES):
+    from .methods import Target
+    return [Target(f"layers.{i}", "linear", a, b, True) for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
+
+
+def explorer_map(method: str, d: int, r: int, seed: int, sizes=EXPLORER_SIZES):
+    """The map theta -> vec(Delta W) the isometry explorer shows (a FlatMap over a small built-in MLP)."""
+    from .errors import ConfigError
+    from .geometry import as_map
+    from .methods import GPart, LoRA, UniLoRA
+    from .random_projections import FastfoodProjection, GaussianProjection
+    targets = _explorer_targets(sizes)
+    D = sum(t.numel for t in targets)
+    if method in ("gpart", "gpart-hashed"):
+        return as_map(GPart(targets, d=d, seed=seed, assignment="hashed" if method == "gpart-hashed"
+                            else "balanced"), name=method)
+    if method == "unilora":
+        return as_map(UniLoRA(targets, d=d, r=r, seed=seed), name=f"unilora (r={r})")
+    if method == "lora":
+        return as_map(LoRA(targets, r=r, alpha=float(r), seed=seed), name=f"lora (r={r}, alpha=r)")
+    if method == "gaussian":
+        return as_map(GaussianProjection(D, d, seed=seed), name="gaussian")
+    if method == "fastfood":
+        return as_map(FastfoodProjection(D, d, seed=seed), name="fastfood")
+    raise ConfigError(f"unknown explorer method {method!r}; choose one of {', '.join(EXPLORER_METHODS)}")
+
+
+def explorer_measure(method: str, d: int, r: int, seed: int, scale: float, n_pairs: int = 150) -> dict:
+    """Distance ratios at ||theta|| = scale and the full Jacobian spectrum at a point of norm ``scale``."""
+    import torch
+    from .geometry import _directions, distance_ratios
+    from .jacobian import singular_values
+    f = explorer_map(method, d, r, seed)
+    ratios = distance_ratios(f, n_pairs=n_pairs, scale=scale, seed=seed)
+    point = _directions(f.d, 1, seed + 10_000, torch.float64)[0] * scale
+    spec = singular_values(f, point, k=f.d, method="dense")
+    return {"method": f.name, "d": f.d, "D": spec.D, "scale": scale, "ratios": ratios,
+            "singular_values": spec.top, "sigma_min": spec.sigma_min, "sigma_max": spec.sigma_max,
+            "cond": spec.cond}
+
+
+def isometry_explorer(n_pairs: int = 150):
+    """Return a widget: pick method, d, r, seed and ||theta||; see distance ratios and the J spectrum.
+
+    The map acts on a built-in MLP (widths 12-16-16-8, D = 576 adapted weights), so every update is a
+    dense Jacobian SVD plus ``n_pairs`` distance ratios (well under a second). LoRA ignores d (its theta
+    has r (in + out) entries per layer); GPart / Gaussian / Fastfood ignore r.
+    """
+    import ipywidgets as W
+    from matplotlib.figure import Figure
+    from .plots import plot_distance_ratios, plot_singular_values
+    D = sum(t.numel for t in _explorer_targets())
+    controls = {
+        "method": W.Dropdown(options=list(EXPLORER_METHODS), value="gpart", description="method"),
+        "d": W.IntSlider(value=64, min=1, max=D, description="d"),
+        "r": W.IntSlider(value=2, min=1, max=8, description="r"),
+        "seed": W.IntSlider(value=0, min=0, max=20, description="seed"),
+        "scale": W.FloatLogSlider(value=1.0, base=10, min=-3, max=1, step=0.25, description="||theta||"),
+    }
+    image, summary = W.Image(format="png"), W.HTML()
+    box = W.VBox([W.HBox([controls["method"], controls["seed"]]),
+                  W.HBox([controls["d"], controls["r"]]), controls["scale"], summary, image])
+    box.controls, box.result = controls, None
+    box.add_class(EXPLORER_CLASS)      # stable selectors for the browser test
+    summary.add_class(READOUT_CLASS)
+
+    def update(_=None):
+        v = {k: c.value for k, c in controls.items()}
+        try:
+            res = explorer_measure(v["method"], v["d"], v["r"], v["seed"], v["scale"], n_pairs)
+        except ValueError as e:  # a ConfigError (e.g. empty hashed groups): say it, keep the old picture
+            summary.value = f"<b>cannot build this map:</b> {e}"
+            box.result = {"error": str(e), **v}
+            return
+        fig = Figure(figsize=(10, 3.2))
+        ax1, ax2 = fig.subplots(1, 2)
+        plot_distance_ratios({res["method"]: res["ratios"]}, ax=ax1)
+        ax1.set_title(f"distance ratios, ||x|| = ||y|| = {v['scale']:.3g}", fontsize=9)
+        plot_singular_values({res["method"]: res["singular_values"]}, ax=ax2)
+        ax2.set_title("singular values of J = d vec(dW) / d theta", fontsize=9)
+        fig.subplots_adjust(left=0.06, right=0.99, bottom=0.16, top=0.9, wspace=0.22)
+        image.value = _png(fig)
+        rr = res["ratios"]
+        summary.value = (f"{res['method']}: d = {res['d']}, D = {res['D']}; distance ratio "
+                         f"{rr.min():.4g} .. {rr.max():.4g}; sigma in [{res['sigma_min']:.4g}, "
+                         f"{res['sigma_max']:.4g}], condition number {res['cond']:.4g}")
+        box.result = res
+
+    for c in controls.values():
+        c.observe(update, names="value")
+    update()
+    return box
 
 
 # ---- live training

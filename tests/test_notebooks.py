@@ -1,5 +1,19 @@
-"""Execute every notebook in smoke mode in a fresh kernel; fail on any error; plot cells must draw."""
+"""Execute every notebook in smoke mode, twice in one kernel; the first pass must be clean, the second equal.
+
+One kernel runs all code cells, then all code cells again (the second pass is what a learner gets from
+"Run All" twice). Both test functions share that one execution (cached per notebook):
+* test_notebook_runs_in_smoke_mode: pass 1 has no error output, no stderr (unless the cell is tagged
+  "allow-stderr"), prints at least one checked claim, and every cell tagged "plot" produced image/png;
+* test_notebook_is_idempotent: pass 2 is equally clean and prints the same claim lines ("ok ..."),
+  measured values included, and the same plot cells draw again.
+MPLBACKEND is removed from the kernel's environment (a leaked "Agg" makes plots vanish silently); the
+guard itself is tested at the bottom of this file with a control that shows the leak is detected.
+"""
+from __future__ import annotations
+
+import copy
 import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -8,24 +22,132 @@ from nbclient import NotebookClient
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+CELL_TIMEOUT = 600
+CLAIM = re.compile(r"^(ok|FAIL) +\S.*$", re.M)       # what gpart_edu.runtime.check prints
+DURATION = re.compile(r"\b\d+(?:\.\d+)?\s?(?:ms|s|min)\b")  # wall-clock times in a claim are not results
 
 
-def kernel_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # a leaked Agg backend hides plots
-    env["GPART_EDU_MODE"] = "smoke"
+def kernel_env(mode: str = "smoke", base: dict | None = None) -> dict:
+    """The kernel's environment: ``base`` (default os.environ) without MPLBACKEND, with the size mode set."""
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k != "MPLBACKEND"}
+    env["GPART_EDU_MODE"] = mode
     return env
 
 
+def execute(nb, cwd: Path, env: dict):
+    """Execute ``nb`` in place in a fresh python3 kernel; return (exception or None, index of the last
+    cell started). Errors, cell time-outs and a dead kernel all stop execution and are returned."""
+    started = [-1]
+    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
+                            resources={"metadata": {"path": str(cwd)}},
+                            on_cell_start=lambda cell, cell_index: started.__setitem__(0, cell_index))
+    try:
+        client.execute(env=env)
+    except Exception as exc:  # noqa: BLE001 -- CellExecutionError, CellTimeoutError, DeadKernelError
+        return exc, started[0]
+    return None, started[0]
+
+
+_RUNS: dict = {}
+
+
+def run_twice(path: Path):
+    """(pass 1 cells, pass 2 cells, pass 1 error, pass 2 error): code cells executed twice in one kernel."""
+    if path not in _RUNS:
+        nb = nbformat.read(path, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        second = copy.deepcopy(code)
+        for i, c in enumerate(second):
+            c.id = f"rerun-{i}"
+        nb.cells = code + second
+        err, last = execute(nb, path.parent, kernel_env("smoke"))
+        pass1_err = err if err is not None and last < len(code) else None
+        pass2_err = err if err is not None and last >= len(code) else None
+        _RUNS[path] = (nb.cells[:len(code)], nb.cells[len(code):], pass1_err, pass2_err)
+    return _RUNS[path]
+
+
+def tags(cell) -> list:
+    return cell.get("metadata", {}).get("tags", [])
+
+
+def problems(cells, name: str) -> list[str]:
+    """Error outputs, unexpected stderr, and plot cells without an image, in ``cells``."""
+    out = []
+    for i, cell in enumerate(cells):
+        for o in cell.get("outputs", []):
+            if o.get("output_type") == "error":
+                out.append(f"{name} code cell {i}: {o.get('ename')}: {o.get('evalue')}")
+            elif o.get("output_type") == "stream" and o.get("name") == "stderr" and "allow-stderr" not in tags(cell):
+                out.append(f"{name} code cell {i} wrote to stderr (tag the cell 'allow-stderr' if intended): "
+                           f"{o.get('text', '')[:300]!r}")
+        if "plot" in tags(cell) and not any("image/png" in o.get("data", {}) for o in cell.get("outputs", [])):
+            out.append(f"{name} code cell {i} is tagged 'plot' but produced no image/png")
+    return out
+
+
+def claims(cells) -> list[str]:
+    return [m.group(0) for c in cells for o in c.get("outputs", [])
+            if o.get("output_type") == "stream" and o.get("name") == "stdout"
+            for m in CLAIM.finditer(o.get("text", ""))]
+
+
+def plot_cells(cells) -> list[int]:
+    return [i for i, c in enumerate(cells) if any("image/png" in o.get("data", {}) for o in c.get("outputs", []))]
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, f"no notebooks matched {NOTEBOOK_DIR}/[0-9][0-9]_*.ipynb"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_in_smoke_mode(path, tmp_path):
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
-    client.execute(env=kernel_env())
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.get("output_type") == "error"]
-    assert not errors, f"{path.name}: {errors[0].get('ename')}: {errors[0].get('evalue')}"
-    for i, cell in enumerate(nb.cells):
-        if "plot" in cell.get("metadata", {}).get("tags", []):
-            images = [o for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
-            assert images, f"{path.name} cell {i} is tagged 'plot' but produced no image"
+def test_notebook_runs_in_smoke_mode(path):
+    first, _, err, _ = run_twice(path)
+    found = problems(first, path.name)
+    assert err is None and not found, "\n".join(found) + f"\n{type(err).__name__}: {str(err)[-2000:]}"
+    lines = claims(first)
+    assert lines, f"{path.name} prints no checked claim (use gpart_edu.runtime.check / check_close)"
+    assert not [ln for ln in lines if ln.startswith("FAIL")], lines
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_is_idempotent(path):
+    first, second, err1, err = run_twice(path)
+    if err1 is not None or problems(first, path.name):
+        pytest.fail("the first pass already fails: see test_notebook_runs_in_smoke_mode")
+    found = problems(second, path.name + " (second run in the same kernel)")
+    assert err is None and not found, "\n".join(found) + f"\n{type(err).__name__}: {str(err)[-2000:]}"
+    a, b = ([DURATION.sub("<time>", ln) for ln in claims(run)] for run in (first, second))
+    diff = [f"  1st: {x}\n  2nd: {y}" for x, y in zip(a, b) if x != y]
+    assert a == b, (f"{path.name}: the claims differ when the notebook is run again in the same kernel "
+                    f"({len(a)} vs {len(b)} lines):\n" + "\n".join(diff[:10]))
+    assert plot_cells(first) == plot_cells(second)
+
+
+# ------------------------------------------------------------------------- the MPLBACKEND guard
+PLOT_NB = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+    "import matplotlib.pyplot as plt\nplt.plot([0, 1], [1, 0]);", metadata={"tags": ["plot"]})])
+
+
+def test_kernel_env_strips_mplbackend():
+    env = kernel_env("smoke", base={"MPLBACKEND": "Agg", "PATH": "/bin", "GPART_EDU_MODE": "full"})
+    assert env == {"PATH": "/bin", "GPART_EDU_MODE": "smoke"}
+
+
+def test_plot_check_catches_a_leaked_agg_backend_and_the_guard_prevents_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    leaked, guarded = copy.deepcopy(PLOT_NB), copy.deepcopy(PLOT_NB)
+    assert execute(leaked, tmp_path, dict(os.environ))[0] is None     # the leak: no error, yet no image
+    assert problems(leaked.cells, "leak") == ["leak code cell 0 is tagged 'plot' but produced no image/png"]
+    assert execute(guarded, tmp_path, kernel_env("smoke"))[0] is None
+    assert problems(guarded.cells, "guarded") == []
+
+
+def test_idempotency_check_detects_state_carried_between_runs(tmp_path):
+    path = tmp_path / "99_counter.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "n = globals().get('n', -1) + 1\nprint(f'ok counter starts at 0: expected 0; measured {n}')")]), path)
+    first, second, err1, err2 = run_twice(path)
+    assert err1 is None and err2 is None
+    assert claims(first) == ["ok counter starts at 0: expected 0; measured 0"]
+    assert claims(second) == ["ok counter starts at 0: expected 0; measured 1"]   # what the test rejects

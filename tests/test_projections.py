@@ -140,3 +140,16 @@ def test_theta_shape_checked():
     P = PartitionProjection(10, 3)
     with pytest.raises(ConfigError, match=r"theta must have shape \(3,\)"):
         P(torch.ones(4))
+
+
+def test_lazy_group_ids_built_inside_torch_func_transforms():
+    """The ids cache built on first use under grad / vmap must be a plain tensor (no 'escaped' wrapper)."""
+    for build in ("grad", "hessian"):
+        P = PartitionProjection(100, 7, seed=0)
+        assert P._ids is None
+        f = lambda t: P(t).pow(3).sum()  # noqa: E731
+        t = torch.randn(7, dtype=torch.float64)
+        transform = torch.func.grad(f) if build == "grad" else torch.func.hessian(f)
+        first, second = transform(t), transform(t)
+        assert torch.equal(first, second)
+        assert torch.equal(P.group_ids(), torch.randperm(100, generator=torch.Generator().manual_seed(0)) % 7)

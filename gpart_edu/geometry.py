@@ -1,0 +1,283 @@
+"""Measure the geometry of theta -> vec(Delta W): Gram residuals, group sizes, distance ratios.
+
+Everything works on a *map* f: theta (d,) -> vec(Delta W) (D,), built by ``as_map`` from
+    an Adapter (``ge.attach``; uses ``adapter.delta_weights``, evaluation point = the adapter's theta),
+    a Method (GPart / UniLoRA / LoRA), a projection (Partition / Gaussian / Fastfood), or (callable, d).
+Nothing here mutates a model or a theta: maps are evaluated on copies (default dtype float64).
+
+Math:
+    GPart      f(theta) = P theta: J = P, J^T J = P^T P = I  -> every singular value is 1, every ratio 1.
+    Uni-LoRA   f = (B A)(P theta): 2-homogeneous, J(0) = 0, ratio(s x, s y) = s ratio(x, y).
+    LoRA       f = (alpha/r) B A: J has >= r^2 null directions per layer ((B, A) -> (B M, M^{-1} A)).
+Jacobian spectra and the projected-step identity live in ``gpart_edu.jacobian`` (same maps).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+from .methods import Method
+from .projections import DEFAULT_DENSE_LIMIT_BYTES
+
+F64 = torch.float64
+
+
+# ----------------------------------------------------------------------------------------- maps
+@dataclass
+class FlatMap:
+    """theta (d,) -> vec(Delta W) (D,) as one flat tensor; ``theta0`` is the default evaluation point."""
+
+    fn: object
+    d: int
+    name: str = "map"
+    theta0: torch.Tensor | None = field(default=None, repr=False)
+
+    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
+        return flatten(self.fn(theta))
+
+    def point(self, theta=None, dtype=F64) -> torch.Tensor:
+        """A detached copy of ``theta`` (default ``theta0``, else zeros) in ``dtype``, checked for shape."""
+        t = self.theta0 if theta is None else theta
+        t = torch.zeros(self.d, dtype=dtype) if t is None else torch.as_tensor(t).detach().to(dtype).clone()
+        if t.shape != (self.d,):
+            raise ConfigError(f"theta for {self.name} must have shape ({self.d},), got {tuple(t.shape)}")
+        return t
+
+
+def flatten(out, buf: torch.Tensor | None = None) -> torch.Tensor:
+    """A {name: Delta W} dict (in its order) or a tensor as one flat vector (written into ``buf`` if given)."""
+    parts = [v.reshape(-1) for v in out.values()] if isinstance(out, dict) else [out.reshape(-1)]
+    return torch.cat(parts, out=buf) if buf is not None else torch.cat(parts)
+
+
+def unflatten(u: torch.Tensor, like):
+    """Views of the flat ``u`` shaped like ``like`` (a dict of tensors or a tensor)."""
+    if not isinstance(like, dict):
+        return u.view(like.shape)
+    out, pos = {}, 0
+    for k, v in like.items():
+        out[k] = u[pos: pos + v.numel()].view(v.shape)
+        pos += v.numel()
+    return out
+
+
+def linearise(obj, theta=None, dtype=F64):
+    """(D, d, Jv, JTu) at theta: J v and J^T u as functions of flat tensors (torch.func jvp / vjp).
+
+    The AD transforms run on the map's own output (a dict of Delta W); flattening happens outside them,
+    and ``Jv`` writes into one reused (D,) buffer (copy the result if you keep it).
+    """
+    f = as_map(obj)
+    t = f.point(theta, dtype)
+    y, vjp_fn = torch.func.vjp(f.fn, t)
+    D = sum(v.numel() for v in y.values()) if isinstance(y, dict) else y.numel()
+    buf = torch.empty(D, dtype=dtype)
+    return (D, f.d, lambda v: flatten(torch.func.jvp(f.fn, (t,), (v.to(dtype),))[1], buf),
+            lambda u: vjp_fn(unflatten(u.to(dtype), y))[0])
+
+
+def as_map(obj, d: int | None = None, name: str | None = None) -> FlatMap:
+    """Wrap an Adapter, Method, projection, FlatMap or callable (with ``d``) as a FlatMap."""
+    from .adapter import Adapter
+    if isinstance(obj, FlatMap):
+        return obj
+    if isinstance(obj, Adapter):
+        return FlatMap(obj.method.delta_weights, obj.num_trainable, name or obj.method.name,
+                       obj.theta.detach().clone())
+    if isinstance(obj, Method):
+        return FlatMap(obj.delta_weights, obj.num_params, name or obj.name)
+    if hasattr(obj, "adjoint") and hasattr(obj, "d"):
+        return FlatMap(obj, obj.d, name or type(obj).__name__)
+    if callable(obj) and d is not None:
+        return FlatMap(obj, int(d), name or getattr(obj, "__name__", "map"))
+    raise ConfigError(f"cannot measure a {type(obj).__name__}: pass an Adapter (ge.attach), a Method, a "
+                      f"projection, or a callable theta -> Delta W together with d=...")
+
+
+def restrict(obj, index, theta=None, name: str | None = None) -> FlatMap:
+    """The map b -> f(theta with theta[index] = b): only the coordinates ``index`` move (e.g. LoRA's B)."""
+    f = as_map(obj)
+    base = f.point(theta)
+    index = torch.as_tensor(index, dtype=torch.long)
+    return FlatMap(lambda b: f.fn(base.to(b.dtype).index_put((index,), b)), len(index),
+                   name or f"{f.name}[restricted]", base[index].clone())
+
+
+def jvp(obj, theta, v: torch.Tensor) -> torch.Tensor:
+    """J(theta) v, flat (D,), in v's dtype."""
+    return linearise(obj, theta, v.dtype)[2](v).clone()
+
+
+def vjp(obj, theta, u: torch.Tensor) -> torch.Tensor:
+    """J(theta)^T u, shape (d,), in u's dtype."""
+    return linearise(obj, theta, u.dtype)[3](u)
+
+
+# -------------------------------------------------------------------------------- Gram, groups
+def gram_residual(obj, theta=None, max_bytes: int = DEFAULT_DENSE_LIMIT_BYTES) -> dict:
+    """||M^T M - I|| (max-abs and Frobenius) in float64, M = P.to_dense() or the dense Jacobian at theta."""
+    if hasattr(obj, "to_dense"):
+        M = obj.to_dense(F64, max_bytes=max_bytes)
+    else:
+        from .jacobian import jacobian_dense
+        M = jacobian_dense(obj, theta, max_bytes=max_bytes)
+    R = M.T @ M - torch.eye(M.shape[1], dtype=F64)
+    return {"max_abs": R.abs().max().item(), "fro": torch.linalg.matrix_norm(R).item()}
+
+
+def gram_from_counts(counts: torch.Tensor) -> dict:
+    """Gram residual of a partition from its group sizes alone.
+
+    P has one nonzero per row, so P^T P is diagonal with entries n_j * (1/sqrt(n_j))^2 (exactly 0 off the
+    diagonal); an empty group gives a 0 on the diagonal (residual 1).
+    """
+    n = counts.to(F64)
+    diag = torch.where(n > 0, n * n.rsqrt() ** 2, torch.zeros_like(n))
+    r = diag - 1
+    return {"max_abs": r.abs().max().item(), "fro": r.norm().item()}
+
+
+def group_stats(counts: torch.Tensor) -> dict:
+    """Group-size statistics: d, D = sum, min, max, mean, std, number of empty groups."""
+    n = counts.to(F64)
+    return {"d": len(n), "D": int(counts.sum()), "min": int(counts.min()), "max": int(counts.max()),
+            "mean": n.mean().item(), "std": n.std(unbiased=False).item(), "empty": int((counts == 0).sum())}
+
+
+def partition_check(P, recount: bool = False, chunk: int = 1 << 24) -> dict:
+    """Verify a PartitionProjection from its counts (no dense P): Gram residual + group stats + seconds.
+
+    ``recount`` streams every group id again (in chunks), checks 0 <= id < d and that the bincount equals
+    P.counts; without it only the stored counts are used (seconds even for D = 10^8).
+    """
+    t0 = time.perf_counter()
+    counts = P.counts
+    if recount:
+        again = torch.zeros_like(counts)
+        for a in range(0, P.D, chunk):
+            ids = P.group_ids(a, min(P.D, a + chunk))
+            if int(ids.min()) < 0 or int(ids.max()) >= P.d:
+                raise ConfigError(f"group ids outside [0, {P.d}) in rows [{a}, {a + chunk})")
+            again += torch.bincount(ids, minlength=P.d)
+        if not torch.equal(again, counts):
+            raise ConfigError("recounted group sizes differ from P.counts: the partition state is corrupted")
+    out = {**gram_from_counts(counts), **group_stats(counts)}
+    out["sums_to_D"] = out["D"] == P.D
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def streamed_norm(P, theta: torch.Tensor, chunk: int = 1 << 22) -> float:
+    """||P theta|| computed in row chunks (never holds the (D,) vector): the isometry check at scale."""
+    total = 0.0
+    for a in range(0, P.D, chunk):
+        total += P(theta, a, min(P.D, a + chunk)).double().pow(2).sum().item()
+    return total ** 0.5
+
+
+# ---------------------------------------------------------------------------------- distances
+def _directions(d: int, n: int, seed: int, dtype) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(n, d, generator=g, dtype=F64)
+    return (u / u.norm(dim=1, keepdim=True)).to(dtype)
+
+
+def distance_ratios(obj, n_pairs: int = 100, scale: float = 1.0, seed: int = 0, dtype=F64) -> np.ndarray:
+    """||f(x) - f(y)|| / ||x - y|| for ``n_pairs`` random pairs with ||x|| = ||y|| = ``scale``.
+
+    The map runs in ``dtype``; differences and norms are accumulated in float64, so a float32 run shows the
+    map's own rounding (~1e-7), not the error of a length-D float32 sum (which grows with D).
+    """
+    f = as_map(obj)
+    if n_pairs < 1:
+        raise ConfigError(f"n_pairs must be >= 1, got {n_pairs}")
+    u = _directions(f.d, 2 * n_pairs, seed, dtype) * scale
+    out = np.empty(n_pairs)
+    with torch.no_grad():
+        for i in range(n_pairs):
+            x, y = u[2 * i], u[2 * i + 1]
+            out[i] = ((f(x).double() - f(y).double()).norm() / (x.double() - y.double()).norm()).item()
+    return out
+
+
+def ratio_vs_norm(obj, norms, n_pairs: int = 50, seed: int = 0, dtype=F64) -> dict:
+    """{norm s: ratios at ||x|| = ||y|| = s}; the same pair directions are used for every s."""
+    return {float(s): distance_ratios(obj, n_pairs, float(s), seed, dtype) for s in norms}
+
+
+# ----------------------------------------------------------------------------------- LoRA
+def lora_reparametrize(obj, theta: torch.Tensor, M) -> torch.Tensor:
+    """Return theta' with every LoRA layer's (A, B) replaced by (M^{-1} A, B M): same Delta W.
+
+    ``obj``: a LoRA Method or an Adapter holding one; ``M``: an invertible r x r matrix (or one per layer).
+    """
+    method = getattr(obj, "method", obj)
+    if getattr(method, "name", None) != "lora":
+        raise ConfigError("lora_reparametrize needs a LoRA adapter or method (theta holds A and B directly)")
+    Ms = list(M) if isinstance(M, (list, tuple)) else [M] * len(method.targets)
+    if len(Ms) != len(method.targets):
+        raise ConfigError(f"got {len(Ms)} matrices M for {len(method.targets)} LoRA layers")
+    out = theta.detach().clone()
+    for i, (t, (a, m, b)) in enumerate(zip(method.targets, method.offsets)):
+        A, B = method.layer_factors(out, i)
+        Mi = torch.as_tensor(Ms[i], dtype=out.dtype)
+        if Mi.shape != (method.r, method.r):
+            raise ConfigError(f"M must be {method.r} x {method.r} (r x r), got {tuple(Mi.shape)}")
+        newA, newB = torch.linalg.solve(Mi, A), B @ Mi
+        out = torch.cat([out[:a], newA.reshape(-1), newB.reshape(-1), out[b:]])
+    return out
+
+
+def lora_null_direction(obj, theta: torch.Tensor, dM) -> torch.Tensor:
+    """The tangent of (A, B) -> (M^{-1} A, B M) at M = I + t dM: v_A = -dM A, v_B = B dM per layer.
+
+    J(theta) v = 0 for every r x r ``dM`` (one per layer or shared): LoRA's Jacobian has >= r^2 null
+    directions per layer at *every* theta, so its smallest singular value is always 0.
+    """
+    method = getattr(obj, "method", obj)
+    if getattr(method, "name", None) != "lora":
+        raise ConfigError("lora_null_direction needs a LoRA adapter or method")
+    dMs = list(dM) if isinstance(dM, (list, tuple)) else [dM] * len(method.targets)
+    theta = theta.detach()
+    parts = []
+    for i in range(len(method.targets)):
+        A, B = method.layer_factors(theta, i)
+        Mi = torch.as_tensor(dMs[i], dtype=theta.dtype)
+        parts += [(-Mi @ A).reshape(-1), (B @ Mi).reshape(-1)]
+    return torch.cat(parts)  # offsets are contiguous: A_0, B_0, A_1, B_1, ...
+
+
+def lora_b_index(obj) -> torch.Tensor:
+    """Indices into a LoRA theta of every B factor entry (the coordinates the isometric control trains)."""
+    method = getattr(obj, "method", obj)
+    return torch.cat([torch.arange(m, b) for (_, m, b) in method.offsets])
+
+
+def isometric_lora_control(adapter, seed: int = 0):
+    """Turn a LoRA adapter into the isometric low-rank control: A fixed with orthonormal rows, B trained.
+
+    Sets every A_l = Q_l / (alpha/r) with Q_l Q_l^T = I_r (seeded) and B_l = 0 in adapter.theta, and masks
+    the gradient of the A entries, so AdamW (weight_decay 0) never moves them. Then Delta W_l =
+    (alpha/r) B_l A_l is linear and isometric in B (||B Q|| = ||B||) but has rank <= r. Returns
+    (FlatMap of B -> vec(Delta W), hook handle); ``handle.remove()`` restores normal training.
+    """
+    method = adapter.method
+    if method.name != "lora":
+        raise ConfigError("isometric_lora_control needs a LoRA adapter (ge.attach(model, 'lora', r=...))")
+    g = torch.Generator().manual_seed(seed)
+    theta = adapter.theta.detach().clone()
+    for t, (a, m, b) in zip(method.targets, method.offsets):
+        Q, _ = torch.linalg.qr(torch.randn(t.in_features, method.r, generator=g, dtype=F64))
+        theta[a:m] = (Q.T / method.scaling).reshape(-1).to(theta.dtype)
+        theta[m:b] = 0
+    with torch.no_grad():
+        adapter.theta.copy_(theta)
+    mask = torch.zeros_like(theta)
+    mask[lora_b_index(method)] = 1
+    handle = adapter.theta.register_hook(lambda grad: grad * mask.to(grad))
+    fmap = restrict(adapter, lora_b_index(method), theta, name="lora-isometric-control")
+    return fmap, handle

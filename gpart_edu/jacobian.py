@@ -1,0 +1,261 @@
+"""Jacobian J = d vec(Delta W) / d theta: dense or matrix-free spectra, and the projected-step identity.
+
+Works on the same maps as ``gpart_edu.geometry`` (Adapter, Method, projection, FlatMap); float64 default.
+
+Math:
+    Singular values of J: dense ``torch.linalg.svdvals`` when D x d fits, otherwise Lanczos (ARPACK
+    ``scipy.sparse.linalg.eigsh``) on the d x d operator J^T J, applied matrix-free as v -> vjp(jvp(v)).
+    sigma = sqrt(lambda(J^T J)), and the bottom-k come from the top of c I - J^T J (c = 1.01 lambda_max), so
+    Lanczos resolves singular values down to sqrt(1.01 max(tol, 100 eps)) * sigma_max (1.5e-7 relative in
+    float64 at tol = 0); smaller ones are reported as "0 within resolution" (cond = inf). Lanczos finds
+    each distinct eigenvalue once and copies of a repeated one only slowly: with an exactly repeated
+    eigenvalue (LoRA's null space) some of the bottom-k may be skipped; sigma_min itself is reliable.
+    Projected step (GPart): dL/dtheta = P^T dL/dW, so an SGD step on theta moves W by
+    -lr P P^T g_W: the full fine-tuning step -lr g_W projected onto range(P) (P P^T is an orthogonal
+    projector because P^T P = I). For other maps J J^T is not a projector; the same checks measure how far.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .adapter import ADAPTER_ATTR
+from .errors import AttachError, ConfigError
+from .geometry import F64, as_map, linearise
+from .random_projections import check_dense_size
+
+DENSE_AUTO_BYTES = 64 << 20  # method="auto" forms the dense J below this size
+
+
+def jacobian_dense(obj, theta=None, dtype=F64, max_bytes: int = DENSE_AUTO_BYTES * 16) -> torch.Tensor:
+    """The dense Jacobian J (D, d) of the map at theta (torch.func.jacfwd); refuses above ``max_bytes``."""
+    f = as_map(obj)
+    t = f.point(theta, dtype)
+    with torch.no_grad():
+        D = f(t).numel()
+    check_dense_size(D, f.d, dtype, max_bytes)
+    return torch.func.jacfwd(f)(t)
+
+
+def jacobian_operator(obj, theta=None, dtype=F64):
+    """J at theta as a scipy LinearOperator of shape (D, d): matvec = jvp, rmatvec = vjp."""
+    from scipy.sparse.linalg import LinearOperator
+    D, d, Jv, JTu = linearise(obj, theta, dtype)
+    np_dtype = np.float64 if dtype == F64 else np.float32
+    return LinearOperator((D, d), dtype=np_dtype,
+                          matvec=lambda v: Jv(torch.from_numpy(np.ascontiguousarray(v).reshape(-1)).to(dtype))
+                          .numpy().copy(),
+                          rmatvec=lambda u: JTu(torch.from_numpy(np.ascontiguousarray(u).reshape(-1)).to(dtype))
+                          .numpy())
+
+
+@dataclass
+class Spectrum:
+    """Top (descending) and bottom (ascending) singular values of J, with how they were obtained."""
+
+    top: np.ndarray
+    bottom: np.ndarray
+    D: int
+    d: int
+    method: str
+    seconds: float
+    resolution: float           # singular values <= this are 0 to within the method's accuracy
+    n_matvec: int = 0           # J^T J products (Lanczos)
+    converged: dict = field(default_factory=dict)
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.top[0]) if len(self.top) else float("nan")
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.bottom[0]) if len(self.bottom) else float("nan")
+
+    @property
+    def cond(self) -> float:
+        """sigma_max / sigma_min (inf if sigma_min is 0 within resolution)."""
+        return math.inf if self.sigma_min <= self.resolution else self.sigma_max / self.sigma_min
+
+    def max_error_from(self, value: float = 1.0) -> float:
+        """max |sigma - value| over the computed singular values."""
+        return float(np.max(np.abs(np.concatenate([self.top, self.bottom]) - value)))
+
+    def __str__(self) -> str:
+        return (f"{self.method}: sigma in [{self.sigma_min:.6g}, {self.sigma_max:.6g}], cond {self.cond:.4g} "
+                f"(D={self.D:,}, d={self.d:,}, {self.seconds:.2f} s)")
+
+
+def _extreme_eigenvalues(op, k, tol, maxiter, seed):
+    """k largest eigenvalues of a symmetric operator: ARPACK eigsh; on an ARPACK breakdown (it happens on
+    operators that equal I up to rounding, e.g. P^T P) retry with a larger Krylov space and another start,
+    then fall back to LOBPCG. Returns (eigenvalues, {"count": converged, "solver": ...})."""
+    from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, eigsh, lobpcg
+    d = op.shape[0]
+    for attempt, ncv in enumerate((None, min(d - 1, 4 * k + 1), min(d - 1, 8 * k + 1))):
+        v0 = np.random.default_rng(seed + attempt).standard_normal(d)
+        try:
+            lam = eigsh(op, k=k, which="LA", v0=v0, ncv=ncv, tol=tol, maxiter=maxiter,
+                        return_eigenvectors=False)
+            return lam, {"count": len(lam), "solver": "eigsh"}
+        except ArpackNoConvergence as e:
+            lam = np.asarray(e.eigenvalues)
+            return lam, {"count": len(lam), "solver": "eigsh (stopped early: converged ones kept)"}
+        except ArpackError:
+            continue
+    X = np.random.default_rng(seed).standard_normal((d, k))
+    lam, V = lobpcg(op, X, largest=True, tol=max(tol, 1e-12), maxiter=maxiter or 500)
+    res = np.linalg.norm(op.matmat(V) - V * lam, axis=0)
+    ok = res <= 1e-8 * max(np.abs(lam).max(), 1e-300)
+    return lam[ok], {"count": int(ok.sum()), "solver": "lobpcg (ARPACK broke down)"}
+
+
+def singular_values(obj, theta=None, k: int = 20, dtype=F64, method: str = "auto", tol: float = 0.0,
+                    maxiter: int | None = None, seed: int = 0) -> Spectrum:
+    """Top-k and bottom-k singular values of J at theta (all d of them counted, zeros included).
+
+    method: "dense" (svdvals of jacfwd's J), "lanczos" (eigsh on J^T J, matrix-free) or "auto" (dense when
+    D x d fits in 64 MiB). Lanczos keeps whatever converged if ARPACK stops early (see ``converged``).
+    """
+    f = as_map(obj)
+    t = f.point(theta, dtype)
+    with torch.no_grad():
+        D = f(t).numel()
+    if not 1 <= k <= f.d:
+        raise ConfigError(f"k must be in 1..d={f.d}, got {k}")
+    if method == "auto":
+        method = "dense" if D * f.d * 8 <= DENSE_AUTO_BYTES else "lanczos"
+    if method not in ("dense", "lanczos"):
+        raise ConfigError(f"method must be 'auto', 'dense' or 'lanczos', got {method!r}")
+    eps = torch.finfo(dtype).eps
+    t0 = time.perf_counter()
+    if method == "dense":
+        s = torch.linalg.svdvals(jacobian_dense(f, t, dtype)).double().numpy()
+        s = np.concatenate([s, np.zeros(max(0, f.d - len(s)))])     # d > D: J has d - D zero values
+        return Spectrum(s[:k].copy(), s[::-1][:k].copy(), D, f.d, "dense", time.perf_counter() - t0,
+                        resolution=eps * max(D, f.d) * (s[0] if len(s) else 0.0))
+    if k >= f.d - 1:
+        raise ConfigError(f"Lanczos needs k < d - 1 (k={k}, d={f.d}); use method='dense' for tiny maps")
+    from scipy.sparse.linalg import LinearOperator
+    _, d, Jv, JTu = linearise(f, t, dtype)
+    count = [0]
+
+    def gram(v):
+        count[0] += 1
+        x = torch.from_numpy(np.ascontiguousarray(v).reshape(-1)).to(dtype)
+        return JTu(Jv(x)).double().numpy()
+
+    op = LinearOperator((d, d), matvec=gram, dtype=np.float64)
+    lam, top_info = _extreme_eigenvalues(op, k, tol, maxiter, seed)
+    converged = {"top": top_info}
+    top = np.sort(np.sqrt(np.clip(lam, 0.0, None)))[::-1]
+    lam_max = float(lam.max()) if len(lam) else math.nan
+    if math.isnan(lam_max):  # nothing converged at the top: no safe shift for the bottom either
+        bottom, converged["bottom"] = np.zeros(0), {"count": 0, "solver": "skipped (top did not converge)"}
+    elif lam_max == 0.0:  # J = 0 (e.g. Uni-LoRA at theta = 0): every singular value is 0
+        bottom, converged["bottom"] = np.zeros(k), {"count": k, "solver": "J = 0"}
+    else:
+        # smallest eigenvalues of J^T J = c - largest of (c I - J^T J). ARPACK starts from a vector forced
+        # into the operator's range, so an exact null space of J^T J itself (LoRA's B = 0 block) is never
+        # seen; c I - J^T J has full range. c = 1.01 lambda_max keeps the accuracy at ~eps * lambda_max.
+        c = 1.01 * lam_max
+        flipped = LinearOperator((d, d), matvec=lambda v: c * np.asarray(v).reshape(-1) - gram(v), dtype=np.float64)
+        mu, converged["bottom"] = _extreme_eigenvalues(flipped, k, tol, maxiter, seed + 7)
+        bottom = np.sort(np.sqrt(np.clip(c - mu, 0.0, None)))
+    smax = top[0] if len(top) else math.nan
+    return Spectrum(top, bottom, D, d, "lanczos", time.perf_counter() - t0,
+                    resolution=math.sqrt(1.01 * max(tol, 100 * eps)) * smax, n_matvec=count[0],
+                    converged=converged)
+
+
+def singular_value_sample(obj, theta=None, m: int = 256, seed: int = 0, dtype=F64) -> np.ndarray:
+    """Singular values of J restricted to m random theta coordinates (all of J when d <= m), descending.
+
+    Built from m products J^T J e_j (matrix-free). By Cauchy interlacing they lie inside
+    [sigma_min(J), sigma_max(J)]: a cheap picture of the spread for histograms.
+    """
+    f = as_map(obj)
+    t = f.point(theta, dtype)
+    _, d, Jv, JTu = linearise(f, t, dtype)
+    cols = torch.arange(d) if d <= m else \
+        torch.randperm(d, generator=torch.Generator().manual_seed(seed))[:m].sort().values
+    G = torch.empty(len(cols), len(cols), dtype=F64)
+    for i, j in enumerate(cols.tolist()):
+        e = torch.zeros(d, dtype=dtype)
+        e[j] = 1
+        G[i] = JTu(Jv(e)).double()[cols]
+    lam = torch.linalg.eigvalsh((G + G.T) / 2).clamp_min(0)
+    return lam.sqrt().flip(0).numpy()
+
+
+# ------------------------------------------------------------------------- projected step
+class _Functional:
+    """Callable stand-in for ``model`` evaluated with overridden tensors (torch.func.functional_call)."""
+
+    def __init__(self, model, tensors):
+        self.model, self.tensors = model, tensors
+
+    def __call__(self, *args, **kwargs):
+        return torch.func.functional_call(self.model, self.tensors, args, kwargs)
+
+
+def projected_step(adapter, batch, loss_fn=None, lr: float = 1e-2, dtype=None) -> dict:
+    """Compare one SGD step on theta with the full fine-tuning step, both measured in weight space.
+
+    One forward/backward (functional_call on copies: the model, its .grad and theta are untouched) gives
+    g_theta (the adapter's own backward) and g_W = dL/dW of the adapted weights. Returns relative errors:
+        adjoint      ||g_theta - J^T g_W|| / ||J^T g_W||           (chain rule through the efficient path)
+        linear       ||f(theta - lr g_theta) - f(theta) - s|| / ||s||, s = -lr J g_theta (0 if f is linear, up
+                     to the rounding floor ~ eps ||f(theta)|| / ||s||; ``map_norm`` = ||f(theta)||)
+        orthogonal   ||J^T (s_full - s)|| / ||J^T s_full||         (residual is orthogonal to range(J))
+        pythagoras   | ||s_full||^2 - ||s||^2 - ||s_full - s||^2 | / ||s_full||^2
+        idempotent   ||J J^T s - s|| / ||s||                       (J J^T is a projector)
+    plus the norms and, for GPart, ``P_adjoint`` = ||g_theta - P.adjoint(vec g_W)|| / ||P^T g_W||.
+    ``dtype`` (e.g. torch.float64) evaluates the whole model in that precision, still on copies.
+    """
+    from .train import classification_loss
+    model = getattr(adapter, "model", None)
+    if model is None:
+        raise AttachError("projected_step needs an adapter attached to a model (ge.attach); this one is detached")
+    if adapter.merged:
+        raise AttachError("projected_step needs an unmerged adapter; call adapter.unmerge() first")
+    loss_fn = loss_fn or classification_loss
+    dtype = dtype or adapter.theta.dtype
+    f = as_map(adapter)
+    theta = f.point(None, dtype)
+    keys = list(f.fn(theta).keys())
+    tensors = {n: p.detach().to(dtype) if torch.is_floating_point(p) else p
+               for n, p in list(model.named_parameters()) + list(model.named_buffers())}
+    leaves = {k: tensors[k].clone().requires_grad_(True) for k in keys}
+    theta_leaf = theta.clone().requires_grad_(True)
+    tensors.update(leaves)
+    tensors[f"{ADAPTER_ATTR}.theta"] = theta_leaf
+    loss = loss_fn(_Functional(model, tensors), batch)
+    g_theta, *g_w = torch.autograd.grad(loss, [theta_leaf, *leaves.values()])
+    g_flat = torch.cat([g.reshape(-1) for g in g_w]).detach()
+    g_theta = g_theta.detach()
+
+    def rel(a, b):
+        nb = b.norm().item()
+        return (a - b).norm().item() / nb if nb > 0 else (a - b).norm().item()
+
+    _, _, Jv_buf, JT = linearise(f, theta, dtype)
+    Jv = lambda v: Jv_buf(v).clone()
+    s_full = -lr * g_flat
+    s = Jv(-lr * g_theta)
+    with torch.no_grad():
+        exact = f(theta - lr * g_theta) - f(theta)
+    r = s_full - s
+    n_full, n_s, n_r = (x.norm().item() for x in (s_full, s, r))
+    out = {"loss": loss.item(), "full_norm": n_full, "step_norm": n_s, "captured": n_s / n_full if n_full else 0.0,
+           "map_norm": f(theta).norm().item(),
+           "adjoint": rel(g_theta, JT(g_flat)), "linear": rel(exact, s),
+           "orthogonal": JT(r).norm().item() / max(JT(s_full).norm().item(), 1e-300),
+           "pythagoras": abs(n_full ** 2 - n_s ** 2 - n_r ** 2) / n_full ** 2 if n_full else 0.0,
+           "idempotent": rel(Jv(JT(s)), s)}
+    if adapter.method.name == "gpart":
+        out["P_adjoint"] = rel(g_theta, adapter.method.P.adjoint(g_flat))
+    return out
