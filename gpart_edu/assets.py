@@ -69,6 +69,29 @@ def load_classifier(name_or_path: str = MINILM, num_labels: int = 2, dtype=torch
     return model, tok
 
 
+def classifier_factory(base):
+    """``make_model(seed)``: a deep copy of ``base`` whose classification head is re-initialised with
+    ``seed`` (HF's init: weights N(0, initializer_range), bias 0); ``base`` itself is never modified.
+    Loading from disk once and copying is much faster than ``load_classifier`` per run."""
+    import copy
+
+    def make_model(seed: int = 0):
+        model = copy.deepcopy(base)
+        head = getattr(model, "classifier", None) or getattr(model, "score", None)
+        if head is None:
+            raise AttributeError(f"{type(base).__name__} has no `classifier` / `score` head to re-initialise")
+        g = torch.Generator().manual_seed(seed)
+        std = getattr(getattr(model, "config", None), "initializer_range", 0.02)
+        with torch.no_grad():
+            for m in head.modules():
+                if isinstance(m, torch.nn.Linear):
+                    m.weight.copy_(torch.randn(m.weight.shape, generator=g) * std)
+                    if m.bias is not None:
+                        m.bias.zero_()
+        return model
+    return make_model
+
+
 # ----------------------------------------------------------------------------------------- data
 @dataclass
 class TextSplit:
@@ -135,6 +158,54 @@ def tokenize(tokenizer, split: TextSplit, max_length: int = 64) -> dict[str, tor
     out["labels"] = split.labels.clone()
     return out
 
+
+
+def load_text_dataset(name_or_path: str, text_column: str = "text", label_column: str = "label",
+                      test_size: int | float = 0.2, seed: int = 0, split: str = "train"):
+    """(train, test) TextSplits from a local .csv / .tsv / .jsonl file, or from a Hugging Face dataset id
+    (needs the ``datasets`` package and a connection). Labels may be strings or integers; classes are
+    sorted. ``test_size``: a count or a fraction (seeded stratified split)."""
+    import json
+    path = Path(name_or_path)
+    if path.suffix in (".csv", ".tsv", ".jsonl", ".json") and path.exists():
+        if path.suffix in (".jsonl", ".json"):
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        else:
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
+    elif path.exists():
+        raise GPartEduError(f"{path}: unsupported file type {path.suffix!r}; use .csv, .tsv or .jsonl")
+    else:
+        try:
+            import datasets
+        except ImportError:
+            raise AssetMissing(f"{name_or_path!r} is not a local file, and loading a hub dataset needs the "
+                               f"`datasets` package (pip install datasets) and a connection") from None
+        rows = list(datasets.load_dataset(name_or_path, split=split))
+    missing = [c for c in (text_column, label_column) if rows and c not in rows[0]]
+    if not rows or missing:
+        have = sorted(rows[0]) if rows else []
+        raise GPartEduError(f"{name_or_path}: no rows or missing column(s) {missing}; columns are {have}; "
+                            f"pass text_column= / label_column=")
+    names = sorted({r[label_column] for r in rows}, key=lambda v: (str(type(v)), v))
+    texts = [str(r[text_column]) for r in rows]
+    labels = torch.tensor([names.index(r[label_column]) for r in rows])
+    n_test = round(test_size * len(rows)) if isinstance(test_size, float) else int(test_size)
+    tr, te = _split(labels, n_test, seed)
+    names = [str(n) for n in names]
+    return (TextSplit([texts[i] for i in tr], labels[tr], names),
+            TextSplit([texts[i] for i in te], labels[te], names))
+
+
+def sample(data, n: int, seed: int = 0):
+    """A seeded random subset of ``n`` examples of a dict-of-tensors or (x, y) data set (all if n >= size)."""
+    size = len(data["labels"]) if isinstance(data, dict) else len(data[0])
+    if n >= size:
+        return data
+    idx = torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    if isinstance(data, dict):
+        return {k: v[idx] for k, v in data.items()}
+    return tuple(v[idx] for v in data)
 
 
 def load_reuters_r8() -> tuple[TextSplit, TextSplit]:
@@ -242,6 +313,16 @@ def lm_blocks(tokenizer, texts: list[str], block: int = 64) -> torch.Tensor:
         ids += tokenizer(t, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
     n = len(ids) // block
     return torch.tensor(ids[: n * block]).view(n, block)
+
+
+def grimm_lm_data(tokenizer, block: int = 64, n_test_tales: int = 6, seed: int = 0):
+    """(train_blocks, test_blocks) of Grimm tales for causal-LM fine-tuning, split by tale (seeded), so no
+    held-out tale is ever seen in training. Shapes: (n, block) token ids."""
+    tales = load_grimm_tales()
+    order = torch.randperm(len(tales), generator=torch.Generator().manual_seed(seed)).tolist()
+    test = [tales[i][1] for i in sorted(order[:n_test_tales])]
+    train = [tales[i][1] for i in sorted(order[n_test_tales:])]
+    return lm_blocks(tokenizer, train, block), lm_blocks(tokenizer, test, block)
 
 
 def available() -> dict[str, bool]:

@@ -7,13 +7,18 @@
 * Warm-up (fraction of steps) then linear / cosine decay or constant; gradient clipping; eval every N.
 * Weight decay on theta: for GPart ||Delta W|| = ||theta||, so decaying theta decays Delta W towards the
   pretrained weights.
-* Seeded, deterministic on CPU; CUDA when available; optional bf16 autocast on GPU.
+* Seeded, deterministic on CPU (same seed -> bit-identical theta); CUDA when available; optional bf16
+  autocast on GPU.
+* Baselines: ``set_trainable(model, "head")`` (linear probe) and ``set_trainable(model, "full")``.
+* Causal LM: ``lm_data(blocks)``, ``causal_lm_loss`` and ``evaluate_lm`` (token-mean NLL, perplexity).
 Data: a dict of equal-length tensors (``labels`` is the target; the rest are model inputs) or a tuple
-(x, y). Batches come from a seeded permutation per epoch.
+(x, y). Batches come from a seeded permutation per epoch. Padding columns that a whole batch masks out
+(``attention_mask`` == 0) are dropped before the forward (``trim_padding``): same result, less work.
 """
 from __future__ import annotations
 
 import math
+import os
 import resource
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adapter import ADAPTER_ATTR, get_adapter
+from .adapter import ADAPTER_ATTR, AUTO_HEADS, get_adapter
 from .errors import ConfigError
 from .runtime import device as pick_device
 
@@ -46,6 +51,8 @@ class TrainConfig:
     device: str | None = None        # None: CUDA if available, else CPU
     bf16: bool = False               # autocast to bfloat16 (GPU only; ignored on CPU)
     progress: bool = True
+    eval_at_start: bool = True       # evaluate before the first step (the "before" number)
+    trim_padding: bool = True        # drop columns every sequence of a batch masks out
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "eval_batch_size"):
@@ -76,10 +83,21 @@ class History:
     peak_memory_bytes: int = 0
     peak_memory_kind: str = ""
     stopped_early: bool = False
+    diverged: bool = False                           # stopped because the loss became NaN / inf
+    num_trainable: int = 0                           # trainable parameters (theta + head, or all)
 
     @property
     def final(self) -> dict:
         return self.evals[-1] if self.evals else {}
+
+    @property
+    def steps_done(self) -> int:
+        return len(self.losses)
+
+    def curve(self, metric: str = "accuracy") -> tuple[list, list]:
+        """(steps, values) of an evaluation metric, for plotting."""
+        pts = [(e["step"], e[metric]) for e in self.evals if metric in e]
+        return [p[0] for p in pts], [p[1] for p in pts]
 
 
 # -------------------------------------------------------------------------------------- batches
@@ -89,10 +107,26 @@ def _n_examples(data) -> int:
     return len(data[0])
 
 
-def _take(data, idx, dev):
+def _take(data, idx, dev, trim: bool = False):
     if isinstance(data, dict):
-        return {k: v[idx].to(dev) for k, v in data.items()}
+        batch = {k: v[idx] for k, v in data.items()}
+        mask = batch.get("attention_mask")
+        if trim and mask is not None and mask.dim() == 2:
+            used = mask.any(0).nonzero()
+            keep = int(used.max()) + 1 if len(used) else 1
+            if keep < mask.shape[1]:  # right padding only: columns >= keep are masked for every row
+                batch = {k: (v[:, :keep] if v.dim() == 2 and v.shape[1] == mask.shape[1]
+                             else v) for k, v in batch.items()}
+        return {k: v.to(dev) for k, v in batch.items()}
     return tuple(v[idx].to(dev) for v in data)
+
+
+def _eval_order(data) -> torch.Tensor:
+    """Evaluation order: by sequence length when there is an attention mask (less padding per batch)."""
+    n = _n_examples(data)
+    if isinstance(data, dict) and data.get("attention_mask") is not None and data["attention_mask"].dim() == 2:
+        return torch.argsort(data["attention_mask"].sum(1), stable=True)
+    return torch.arange(n)
 
 
 def forward_logits(model: nn.Module, batch):
@@ -113,25 +147,110 @@ def classification_loss(model, batch):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data, batch_size: int = 64, loss_fn=classification_loss, dev=None) -> dict:
-    """Mean loss and accuracy over ``data`` (model put in eval mode, restored afterwards)."""
+def evaluate(model: nn.Module, data, batch_size: int = 64, loss_fn=classification_loss, dev=None,
+             trim_padding: bool = True) -> dict:
+    """Mean loss and accuracy over ``data`` (model put in eval mode, restored afterwards).
+
+    With a custom ``loss_fn`` only {"loss"} is returned (mean of the per-batch losses weighted by size).
+    Batches are formed in order of sequence length when there is an attention mask (same sums, less padding).
+    """
     dev = dev or next(model.parameters()).device
     was_training = model.training
     model.eval()
     n = _n_examples(data)
+    order = _eval_order(data)
     tot_loss, correct = 0.0, 0
     try:
         for a in range(0, n, batch_size):
-            batch = _take(data, torch.arange(a, min(n, a + batch_size)), dev)
-            logits = forward_logits(model, batch).float()
+            batch = _take(data, order[a: a + batch_size], dev, trim_padding)
             y = _labels(batch)
-            tot_loss += float(F.cross_entropy(logits, y, reduction="sum")) if loss_fn is classification_loss \
-                else float(loss_fn(model, batch)) * len(y)
-            if logits.dim() == 2 and y.dim() == 1 and not torch.is_floating_point(y):
-                correct += int((logits.argmax(-1) == y).sum())
+            if loss_fn is not classification_loss:
+                tot_loss += float(loss_fn(model, batch)) * len(y)
+                continue
+            logits = forward_logits(model, batch).float()
+            tot_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(-1) == y).sum())
     finally:
         model.train(was_training)
+    if loss_fn is not classification_loss:
+        return {"loss": tot_loss / n}
     return {"loss": tot_loss / n, "accuracy": correct / n}
+
+
+# ------------------------------------------------------------------------------- causal LM
+def lm_data(blocks: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Training data for a causal LM from (n, T) token blocks: inputs and labels are the same ids."""
+    if blocks.dim() != 2 or torch.is_floating_point(blocks):
+        raise ConfigError(f"lm_data expects (n, T) integer token blocks, got {tuple(blocks.shape)} "
+                          f"{blocks.dtype}; build them with assets.lm_blocks(tokenizer, texts, block)")
+    return {"input_ids": blocks, "labels": blocks.clone()}
+
+
+def _lm_nll(model, batch, reduction: str):
+    logits = forward_logits(model, batch).float()  # (B, T, V)
+    y = _labels(batch)
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1),
+                           ignore_index=-100, reduction=reduction)
+
+
+def causal_lm_loss(model, batch):
+    """Next-token cross-entropy, mean over the predicted tokens (labels -100 are ignored)."""
+    return _lm_nll(model, batch, "mean")
+
+
+@torch.no_grad()
+def evaluate_lm(model: nn.Module, data, batch_size: int = 8, dev=None) -> dict:
+    """Token-mean negative log-likelihood over ``data`` and its perplexity exp(NLL)."""
+    dev = dev or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    n, tot, count = _n_examples(data), 0.0, 0
+    try:
+        for a in range(0, n, batch_size):
+            batch = _take(data, torch.arange(a, min(n, a + batch_size)), dev)
+            tot += float(_lm_nll(model, batch, "sum"))
+            count += int((_labels(batch)[:, 1:] != -100).sum())
+    finally:
+        model.train(was_training)
+    return {"loss": tot / count, "perplexity": math.exp(tot / count)}
+
+
+# ------------------------------------------------------------------------------- baselines
+BASELINE_MODES = ("head", "full", "none")
+
+
+def set_trainable(model: nn.Module, mode: str, heads=AUTO_HEADS) -> dict[str, bool]:
+    """Set requires_grad for a baseline; returns the previous flags (restore with ``restore_trainable``).
+
+    "head": only modules whose last name is in ``heads`` train (a linear probe on frozen features);
+    "full": every parameter trains (full fine-tuning); "none": nothing trains.
+    """
+    if mode not in BASELINE_MODES:
+        raise ConfigError(f"set_trainable mode {mode!r}; choose one of {', '.join(BASELINE_MODES)}")
+    if get_adapter(model) is not None:
+        raise ConfigError("set_trainable is for baselines without an adapter; call adapter.detach() first")
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    head_names = [n for n, _ in model.named_modules() if n and n.rsplit(".", 1)[-1] in heads]
+    if mode == "head" and not head_names:
+        raise ConfigError(f"no head module named {' / '.join(heads)} in {type(model).__name__}; "
+                          f"pass heads=<the name of the output layer>")
+    before = {n: p.requires_grad for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        in_head = any(n.startswith(h + ".") for h in head_names)
+        p.requires_grad_(mode == "full" or (mode == "head" and in_head))
+    return before
+
+
+def restore_trainable(model: nn.Module, flags: dict[str, bool]) -> None:
+    """Put back the requires_grad flags returned by ``set_trainable``."""
+    for n, p in model.named_parameters():
+        if n in flags:
+            p.requires_grad_(flags[n])
+
+
+def count_trainable(model: nn.Module) -> int:
+    """Number of parameters with requires_grad (theta and heads included)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def lr_factor(step: int, total: int, warmup: float, schedule: str) -> float:
@@ -163,10 +282,19 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     return groups
 
 
-def _peak_memory(dev) -> tuple[int, str]:
+def _rss_bytes() -> int:
+    """Current resident set size of this process (Linux /proc; else the lifetime peak)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _peak_memory(dev, sampled: int) -> tuple[int, str]:
     if dev.type == "cuda":
         return torch.cuda.max_memory_allocated(dev), "cuda max_memory_allocated"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS (CPU)"
+    return sampled, "process RSS, max over this run's steps (CPU)"
 
 
 def fit(model: nn.Module, train, eval_data=None, *, config: TrainConfig | None = None,
@@ -174,7 +302,9 @@ def fit(model: nn.Module, train, eval_data=None, *, config: TrainConfig | None =
     """Train ``model``'s trainable parameters on ``train``; returns a History.
 
     ``callback(history, step)`` runs after every step; returning True stops training (live widgets).
-    ``eval_fn(model) -> dict`` replaces the default ``evaluate(model, eval_data)``.
+    ``eval_fn(model) -> dict`` replaces the default ``evaluate(model, eval_data)``; with a custom
+    ``loss_fn`` and no ``eval_fn``, evaluation reports that loss only. A NaN / inf loss stops the run
+    (``history.diverged``) before the optimizer step, so the parameters stay finite.
     """
     from tqdm.auto import tqdm
 
@@ -188,33 +318,39 @@ def fit(model: nn.Module, train, eval_data=None, *, config: TrainConfig | None =
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
     base_lrs = [grp["lr"] for grp in opt.param_groups]
     params = [p for grp in groups for p in grp["params"]]
-    hist = History(config=asdict(cfg))
+    hist = History(config=asdict(cfg), num_trainable=sum(p.numel() for p in params))
+    peak_rss = _rss_bytes()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
 
     def run_eval(step):
         if eval_data is None and eval_fn is None:
             return
-        metrics = eval_fn(model) if eval_fn is not None else evaluate(model, eval_data, cfg.eval_batch_size,
-                                                                       dev=dev)
+        metrics = eval_fn(model) if eval_fn is not None else evaluate(
+            model, eval_data, cfg.eval_batch_size, loss_fn=loss_fn, dev=dev, trim_padding=cfg.trim_padding)
         hist.evals.append({"step": step, **metrics})
 
     n = _n_examples(train)
     order, pos = torch.randperm(n, generator=g), 0
     t0 = time.perf_counter()
-    run_eval(0)
+    if cfg.eval_at_start:
+        run_eval(0)
     model.train()
     bar = tqdm(range(cfg.steps), desc="train", disable=not cfg.progress, leave=False)
     for step in bar:
         if pos + cfg.batch_size > n:
             order, pos = torch.randperm(n, generator=g), 0
         idx, pos = order[pos: pos + cfg.batch_size], pos + cfg.batch_size
-        batch = _take(train, idx, dev)
+        batch = _take(train, idx, dev, cfg.trim_padding)
         factor = lr_factor(step, cfg.steps, cfg.warmup, cfg.schedule)
         for grp, base in zip(opt.param_groups, base_lrs):
             grp["lr"] = base * factor
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16 and dev.type == "cuda"):
             loss = loss_fn(model, batch)
+        if not torch.isfinite(loss.detach()):
+            hist.losses.append(loss.item())
+            hist.diverged = hist.stopped_early = True
+            break
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
@@ -223,13 +359,16 @@ def fit(model: nn.Module, train, eval_data=None, *, config: TrainConfig | None =
         hist.losses.append(loss.item())
         hist.lrs.append(opt.param_groups[0]["lr"])
         bar.set_postfix(loss=f"{hist.losses[-1]:.4f}")
+        if dev.type != "cuda":
+            peak_rss = max(peak_rss, _rss_bytes())
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             run_eval(step + 1)
-        if callback is not None and callback(hist, step + 1):
+        if callback is not None and callback(hist, step + 1) and step + 1 < cfg.steps:
             hist.stopped_early = True
             break
     bar.close()
-    run_eval(len(hist.losses))
+    if not hist.diverged:
+        run_eval(len(hist.losses))
     hist.wall_time = time.perf_counter() - t0
-    hist.peak_memory_bytes, hist.peak_memory_kind = _peak_memory(dev)
+    hist.peak_memory_bytes, hist.peak_memory_kind = _peak_memory(dev, peak_rss)
     return hist

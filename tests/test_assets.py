@@ -92,3 +92,95 @@ def test_smollm2_offline_loads_and_is_pretrained():
     enc = tok("The capital of France is", return_tensors="pt")
     out = model.generate(**enc, max_new_tokens=3, do_sample=False)
     assert "Paris" in tok.decode(out[0, enc["input_ids"].shape[1]:])
+
+
+def test_local_text_files_load_like_hub_datasets(tmp_path):
+    """load_text_dataset takes a hub dataset id when online; offline it reads local csv / tsv / jsonl."""
+    rows = [("good film", "pos"), ("bad plot", "neg"), ("great cast", "pos"), ("dull", "neg")] * 5
+    (tmp_path / "d.csv").write_text("text,label\n" + "\n".join(f"{t},{l}" for t, l in rows))
+    (tmp_path / "d.tsv").write_text("sentence\tstars\n" + "\n".join(f"{t}\t{i % 3}" for i, (t, _) in enumerate(rows)))
+    (tmp_path / "d.jsonl").write_text("\n".join(f'{{"text": "{t}", "label": "{l}"}}' for t, l in rows))
+    tr, te = assets.load_text_dataset(str(tmp_path / "d.csv"), test_size=4)
+    assert (len(tr), len(te)) == (16, 4) and tr.label_names == ["neg", "pos"]
+    assert sorted(te.labels.tolist()) == [0, 0, 1, 1]                 # stratified
+    tr, te = assets.load_text_dataset(str(tmp_path / "d.tsv"), "sentence", "stars", test_size=0.25)
+    assert tr.label_names == ["0", "1", "2"] and len(tr) + len(te) == 20 and abs(len(te) - 5) <= 1  # per-class rounding
+    tr2, _ = assets.load_text_dataset(str(tmp_path / "d.jsonl"), test_size=4)
+    assert tr2.label_names == ["neg", "pos"]
+    with pytest.raises(assets.GPartEduError, match="label_column"):
+        assets.load_text_dataset(str(tmp_path / "d.csv"), label_column="stars")
+
+
+def test_hub_dataset_without_datasets_package_is_clear(monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def fake_import(name, *a, **k):
+        if name == "datasets":
+            raise ImportError("no datasets")
+        return real_import(name, *a, **k)
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(assets.AssetMissing, match="pip install datasets"):
+        assets.load_text_dataset("some-user/some-dataset")
+
+
+def test_sample_is_seeded_and_keeps_alignment():
+    data = {"input_ids": torch.arange(20).view(10, 2), "labels": torch.arange(10)}
+    a, b = assets.sample(data, 4, seed=1), assets.sample(data, 4, seed=1)
+    assert torch.equal(a["labels"], b["labels"]) and torch.equal(a["input_ids"][:, 0], 2 * a["labels"])
+    assert assets.sample(data, 50) is data
+    x, y = assets.sample((torch.arange(10.), torch.arange(10)), 3, seed=0)
+    assert torch.equal(x.long(), y)
+
+
+def test_grimm_lm_data_splits_by_tale():
+    try:
+        assets.load_grimm_tales()
+        path = assets.minilm_path()   # any offline tokenizer will do for the split
+    except assets.AssetMissing as e:
+        pytest.skip(str(e))
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(path)
+    tr, te = assets.grimm_lm_data(tok, block=32, n_test_tales=6, seed=0)
+    assert tr.shape[1] == te.shape[1] == 32 and len(tr) > 5 * len(te) > 0
+    tr2, te2 = assets.grimm_lm_data(tok, block=32, n_test_tales=6, seed=0)
+    assert torch.equal(te, te2)
+    rows = {tuple(r) for r in tr.tolist()}
+    assert not any(tuple(r) in rows for r in te.tolist())
+
+
+def test_minilm_loader_offline_or_clear_skip():
+    try:
+        model, tok = assets.load_classifier("minilm", num_labels=3, seed=0)
+    except assets.AssetMissing as e:
+        pytest.skip(f"offline MiniLM missing: {e}")
+    assert model.classifier.out_features == 3 and sum(p.numel() for p in model.bert.parameters()) == 22_713_216
+    model2, _ = assets.load_classifier("minilm", num_labels=3, seed=0)
+    assert torch.equal(model.classifier.weight, model2.classifier.weight)     # the new head is seeded
+
+
+def test_causal_lm_loader_takes_a_local_folder(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    GPT2LMHeadModel(GPT2Config(vocab_size=30, n_positions=16, n_embd=8, n_layer=1, n_head=2)).save_pretrained(tmp_path / "lm")
+    from transformers import BertTokenizerFast
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "once", "upon", "a", "time"]))
+    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(tmp_path / "lm")
+    model, tok = assets.load_causal_lm(str(tmp_path / "lm"))
+    assert model.config.n_layer == 1
+    blocks = assets.lm_blocks(tok, ["once upon a time"] * 5, block=4)
+    assert blocks.shape[1] == 4 and len(blocks) >= 4
+
+
+def test_classifier_factory_copies_and_seeds_the_head(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+    base = BertForSequenceClassification(BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1,
+                                                    num_attention_heads=2, intermediate_size=8, num_labels=3))
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    make = assets.classifier_factory(base)
+    a, b, c = make(0), make(0), make(1)
+    assert torch.equal(a.classifier.weight, b.classifier.weight) and not torch.equal(a.classifier.weight, c.classifier.weight)
+    assert torch.equal(a.bert.embeddings.word_embeddings.weight, base.bert.embeddings.word_embeddings.weight)
+    assert a.classifier.weight.data_ptr() != base.classifier.weight.data_ptr()
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+    assert abs(a.classifier.weight.std().item() - 0.02) < 0.01 and torch.equal(a.classifier.bias, torch.zeros(3))
