@@ -154,6 +154,22 @@ def config_from_args(args) -> engine.RunConfig:
     return cfg
 
 
+def _synchronize() -> None:
+    """Under torchrun: wait until every rank has finished writing (no-op in a single process)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _leave_process_group() -> None:
+    """Destroy the process group Trainer created before the interpreter exits: left to interpreter teardown,
+    gloo's worker threads can be destroyed while still joinable, and the rank dies with SIGABRT
+    ("terminate called without an active exception") after a successful run."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def cmd_finetune(args) -> int:
     import json
     import os
@@ -163,10 +179,14 @@ def cmd_finetune(args) -> int:
     seeds = args.seeds or [cfg.seed]
     out, runs = Path(args.out), []
     command = "gpart-edu " + " ".join(sys.argv[1:])
-    for s in seeds:
-        cfg.seed = s
-        target = out if len(seeds) == 1 else out / f"seed-{s}"
-        runs.append(engine.run(cfg, target, extra={"command": command}))
+    try:
+        for s in seeds:
+            cfg.seed = s
+            target = out if len(seeds) == 1 else out / f"seed-{s}"
+            runs.append(engine.run(cfg, target, extra={"command": command}))
+        _synchronize()
+    finally:
+        _leave_process_group()
     rank0 = int(os.environ.get("RANK", "0")) == 0
     if len(seeds) > 1 and rank0:
         finals = [r["final"] for r in runs]

@@ -167,7 +167,7 @@ def test_torchrun_two_processes_gloo_equals_one_process_and_all_reduces_only_the
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                           "29517", "-m", "gpart_edu.cli", *_cli_args(tiny_bert_dir, tmp_path / "two")],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.returncode == 0, two.stderr[:3000] + "\n...\n" + two.stderr[-2000:]
     one = engine.run(engine.RunConfig(model=str(tiny_bert_dir), steps=24, **TINY), tmp_path / "one")
     r = strict_json(tmp_path / "two" / "results.json")
     dist = r["distributed"]
