@@ -213,6 +213,11 @@ def plot_distance_ratios(ratios_by_name: dict, ax=None, bins: int = 40, logx: bo
     ax.axvline(1.0, color="k", ls=":", lw=1)
     if logx:
         ax.set_xscale("log")
+    else:  # show 1 and every ratio with a margin (a spike at 1 must not sit on the frame)
+        vals = np.concatenate([np.asarray(r, dtype=float).ravel() for r in ratios_by_name.values()] + [[1.0]])
+        lo, hi = vals.min(), vals.max()
+        pad = max(0.05 * (hi - lo), 0.05)
+        ax.set_xlim(max(0.0, lo - pad), hi + pad)
     ax.set_xlabel("distance ratio ||f(x) - f(y)|| / ||x - y||")
     ax.set_ylabel("pairs")
     ax.legend(fontsize=7)
@@ -280,6 +285,10 @@ def plot_singular_values(sv_by_name: dict, ax=None, kind: str = "spectrum", bins
                     label=f"{name}: {pos.min():.3g} .. {pos.max():.3g}{zeros}")
     if kind == "spectrum":
         ax.set_yscale("log")
+        if pos_all.max() < 10 * pos_all.min():
+            # a (near-)constant spectrum, e.g. GPart's all-ones: autoscaling would stretch 1e-16 rounding noise
+            # over the whole axis; show at least a decade around it
+            ax.set_ylim(pos_all.min() / 3, pos_all.max() * 3)
         ax.set_xlabel("index i")
         ax.set_ylabel("singular value sigma_i of J")
     else:

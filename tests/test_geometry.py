@@ -309,3 +309,24 @@ def test_lanczos_at_zero_jacobian_and_budget_exhaustion():
     s = jacobian.singular_values(_moved(ad), k=3, method="lanczos", tol=1e-14, maxiter=1)
     assert s.converged["top"]["count"] <= 3    # whatever converged within one restart is kept and counted
     assert len(s.top) == s.converged["top"]["count"]
+
+
+def test_plots_of_an_exact_isometry_do_not_magnify_rounding_noise():
+    """GPart's all-ones spectrum and all-ones distance ratios are drawn as what they are: the spectrum axis spans
+    at least a decade around 1 (not 1 +- 1e-16 stretched over the axis) and the ratio spike at 1 sits inside
+    the frame."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from gpart_edu import plots
+    rng = np.random.default_rng(0)
+    fig, (a, b) = plt.subplots(1, 2)
+    plots.plot_distance_ratios({"gpart": 1 + 1e-16 * rng.standard_normal(50)}, ax=a)
+    plots.plot_singular_values({"gpart": 1 + 1e-16 * rng.standard_normal(66)}, ax=b)
+    lo, hi = a.get_xlim()
+    assert lo < 0.99 and hi > 1.01
+    ylo, yhi = b.get_ylim()
+    assert yhi / ylo >= 9 and ylo < 1 < yhi
+    plt.close(fig)
