@@ -330,19 +330,13 @@ _METHOD_STYLE = {"gpart": ("GPart", "C0", "o"), "unilora": ("Uni-LoRA", "C1", "s
                  "head": ("head only", "0.4", None), "full": ("full FT", "k", None)}
 
 
-def _training_ax(ax, size=(6, 3.6)):
-    if ax is None:
-        _, ax = _plt().subplots(figsize=size)
-    return ax
-
-
 def plot_accuracy_vs_params(summary, ax=None, metric: str = "accuracy", title: str | None = None):
     """Mean +- std of ``metric`` against trainable parameters (log x) per method, from ``compare.summarize``.
 
     Baselines without a parameter sweep ("head", "full") are drawn as horizontal reference lines with a
     +- std band; full FT also gets its own point at its parameter count.
     """
-    ax = _training_ax(ax)
+    ax = _ax(ax, (6, 3.6))
     mean, std = f"{metric}_mean", f"{metric}_std"
     methods = list(dict.fromkeys(r["method"] for r in summary))
     for m in methods:
@@ -373,7 +367,7 @@ def plot_error_vs_params(curves: dict, references: dict | None = None, ax=None, 
                          logy: bool = True, title: str | None = None):
     """Lines of error against trainable parameters (log x): ``curves[label] = (params, errors)`` or
     ``(params, errors, style_kwargs)``; ``references[label] = value`` are horizontal lines."""
-    ax = _training_ax(ax)
+    ax = _ax(ax, (6, 3.6))
     for label, c in curves.items():
         xs, ys = c[0], c[1]
         kw = {"marker": "o", "ms": 4, **(c[2] if len(c) > 2 else {})}
@@ -396,7 +390,7 @@ def plot_intrinsic_dimension(results: dict, baseline: float, fraction: float = 0
                              title: str | None = None):
     """Held-out accuracy against subspace dimension d (log x): ``results[label] = (dims, accs)`` or
     ``(dims, acc_means, acc_stds)``; the direct-training baseline and the fraction * baseline threshold."""
-    ax = _training_ax(ax)
+    ax = _ax(ax, (6, 3.6))
     for label, r in results.items():
         if len(r) > 2:
             ax.errorbar(r[0], r[1], yerr=r[2], marker="o", ms=4, capsize=3, label=label)
@@ -455,7 +449,7 @@ def plot_training_curves(hist, axes=None, metric: str = "accuracy", title: str |
 def plot_bars(values: dict, ax=None, ylabel: str = "", errors: dict | None = None, title: str | None = None,
               fmt: str = "{:.2f}"):
     """A labelled bar chart of ``values[label]`` (optional ``errors[label]``), each bar annotated."""
-    ax = _training_ax(ax, size=(6, 3.2))
+    ax = _ax(ax)
     labels = list(values)
     ys = [values[k] for k in labels]
     es = [errors.get(k, 0.0) for k in labels] if errors else None

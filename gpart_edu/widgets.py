@@ -361,8 +361,6 @@ def _budget_label(method: str, budget) -> str:
 
 def _render_png(hist, title: str, metric: str) -> bytes:
     """PNG of the loss / metric curves, drawn on a plain Agg figure (thread-safe: no pyplot)."""
-    import io
-
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -372,9 +370,7 @@ def _render_png(hist, title: str, metric: str) -> bytes:
     axes = fig.subplots(1, 2)
     plot_training_curves(hist, axes=axes, metric=metric, title=title)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    return _png(fig)
 
 
 def live_training(make_model, train, eval_data, *, methods: dict, config=None, targets="all-linear",

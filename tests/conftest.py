@@ -1,7 +1,6 @@
 """Shared model factories: every generic invariant runs over methods x model kinds."""
 from __future__ import annotations
 
-import hashlib
 import os
 
 import pytest
@@ -67,14 +66,9 @@ def output_of(model, inputs):
 
 
 def state_hash(model: nn.Module) -> str:
-    """sha256 over every state-dict tensor's bytes and every requires_grad flag."""
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    for k, p in model.named_parameters():
-        h.update(f"{k}:{p.requires_grad}".encode())
-    return h.hexdigest()
+    """sha256 over every state-dict tensor's bytes and every requires_grad flag (``landscape.fingerprint``)."""
+    from gpart_edu.landscape import fingerprint
+    return fingerprint(model)
 
 
 @pytest.fixture(params=list(MODEL_KINDS))
