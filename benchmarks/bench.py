@@ -56,9 +56,10 @@ def _reset_peak_rss() -> bool:
 
 def worker(spec: dict) -> dict:
     import torch
+
     import gpart_edu as ge
     from gpart_edu import assets
-    from gpart_edu.train import classification_loss
+    from gpart_edu.finetune.train import classification_loss
 
     torch.manual_seed(0)
     dev = torch.device(spec["device"])
@@ -134,7 +135,7 @@ def worker(spec: dict) -> dict:
 def scale_check(D: int = 10**8, d: int = 10**6) -> list[dict]:
     """Time the isometry check of a D x d partition from its group counts (no dense P, no ids kept)."""
     import gpart_edu as ge
-    from gpart_edu.geometry import partition_check
+    from gpart_edu.lab.geometry import partition_check
     out = []
     for assignment in ("balanced", "multinomial", "hashed"):
         t0 = time.perf_counter()
@@ -151,7 +152,7 @@ def jacobian_check(k: int = 20) -> dict:
     """Time the matrix-free top-k and bottom-k Jacobian singular values of GPart on MiniLM query+value."""
     import gpart_edu as ge
     from gpart_edu import assets
-    from gpart_edu.jacobian import singular_values
+    from gpart_edu.lab.jacobian import singular_values
     model, _ = assets.load_classifier("minilm", num_labels=2)
     adapter = ge.attach(model, "gpart", d=23_040, seed=0, targets=["query", "value"])
     t0 = time.perf_counter()

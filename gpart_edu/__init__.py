@@ -3,12 +3,11 @@
     import gpart_edu as ge
     adapter = ge.attach(model, "gpart", d=4096, seed=0, targets=["query", "value"])
 """
-from .adapter import Adapter, attach, get_adapter, load_adapter
-from .errors import (AdapterFileError, AttachError, ConfigError, GPartEduError, TargetError,
-                     UnsupportedLayerError)
-from .methods import GPart, LoRA, METHODS, Target, UniLoRA
-from .projections import PartitionProjection
-from .targets import find_targets
+from .core.adapter import Adapter, attach, get_adapter, load_adapter
+from .core.methods import METHODS, GPart, LoRA, Target, UniLoRA
+from .core.projections import PartitionProjection
+from .core.targets import find_targets
+from .errors import AdapterFileError, AttachError, ConfigError, GPartEduError, TargetError, UnsupportedLayerError
 
 __version__ = "0.1.0"
 

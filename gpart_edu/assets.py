@@ -8,9 +8,11 @@ Every loader also accepts a hub id or a local folder, so the same code runs onli
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
-import os
 import importlib.util
+import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +75,6 @@ def classifier_factory(base):
     """``make_model(seed)``: a deep copy of ``base`` whose classification head is re-initialised with
     ``seed`` (HF's init: weights N(0, initializer_range), bias 0); ``base`` itself is never modified.
     Loading from disk once and copying is much faster than ``load_classifier`` per run."""
-    import copy
 
     def make_model(seed: int = 0):
         model = copy.deepcopy(base)
@@ -165,7 +166,6 @@ def load_text_dataset(name_or_path: str, text_column: str = "text", label_column
     """(train, test) TextSplits from a local .csv / .tsv / .jsonl file, or from a Hugging Face dataset id
     (needs the ``datasets`` package and a connection). Labels may be strings or integers; classes are
     sorted. ``test_size``: a count or a fraction (seeded stratified split)."""
-    import json
     path = Path(name_or_path)
     if path.suffix in (".csv", ".tsv", ".jsonl", ".json") and path.exists():
         if path.suffix in (".jsonl", ".json"):

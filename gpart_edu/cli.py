@@ -14,11 +14,18 @@ configuration error (out-of-range values, unknown names), with a message saying 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import sys
+from pathlib import Path
+from statistics import mean, pstdev
 
-from . import engine, recipes, tasks
+import torch.distributed as dist
+
 from .errors import GPartEduError
+from .finetune import engine, recipes, tasks
+from .lab.verify import cmd_verify
 
 
 # --------------------------------------------------------------------------------- arg types
@@ -156,7 +163,6 @@ def config_from_args(args) -> engine.RunConfig:
 
 def _synchronize() -> None:
     """Under torchrun: wait until every rank has finished writing (no-op in a single process)."""
-    import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
@@ -165,16 +171,11 @@ def _leave_process_group() -> None:
     """Destroy the process group Trainer created before the interpreter exits: left to interpreter teardown,
     gloo's worker threads can be destroyed while still joinable, and the rank dies with SIGABRT
     ("terminate called without an active exception") after a successful run."""
-    import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
 def cmd_finetune(args) -> int:
-    import json
-    import os
-    from pathlib import Path
-    from statistics import mean, pstdev
     cfg = config_from_args(args)
     seeds = args.seeds or [cfg.seed]
     out, runs = Path(args.out), []
@@ -236,7 +237,6 @@ def main(argv=None) -> int:
         if args.command == "finetune":
             return cmd_finetune(args)
         if args.command == "verify":
-            from .verify import cmd_verify
             return cmd_verify(args)
         return cmd_recipes(args)
     except GPartEduError as e:

@@ -18,6 +18,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from . import assets, runtime
+
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
 PYTHON_NAMES = {"python", "python3", f"python{sys.version_info.major}.{sys.version_info.minor}"}
 
@@ -81,7 +85,6 @@ def check_packages(for_tests: bool) -> list[Line]:
 
 def check_settings() -> list[Line]:
     """GPART_EDU_MODE and the MPLBACKEND leak."""
-    from . import runtime
     out = []
     try:
         out.append(Line("OK", "GPART_EDU_MODE", f"{runtime.mode()} (unset = default)"))
@@ -96,7 +99,6 @@ def check_settings() -> list[Line]:
 
 def check_device() -> list[Line]:
     """Which device the notebooks will use (informational)."""
-    import torch
     out = [Line("INFO", "cpu", f"{os.cpu_count()} cores, torch uses {torch.get_num_threads()} threads")]
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
@@ -112,7 +114,6 @@ def check_device() -> list[Line]:
 
 def check_assets() -> list[Line]:
     """The offline models and datasets the notebooks load."""
-    from . import assets
     return [Line("OK" if ok else "FAIL", f"asset {name}", "installed" if ok else "missing -> run `make venv`")
             for name, ok in assets.available().items()]
 

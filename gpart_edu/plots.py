@@ -1,6 +1,8 @@
 """Matplotlib helpers used by the notebooks (matplotlib is imported lazily, inside each function)."""
 from __future__ import annotations
 
+import numpy as np
+
 
 def _plt():
     import matplotlib.pyplot as plt
@@ -33,7 +35,6 @@ def landscape_levels(landscapes, n: int = 21, log: bool = False, vmax: float | N
 
     ``log``: levels of log10(loss). ``vmax``: cap the scale (losses above it share the top colour).
     """
-    import numpy as np
     vals = np.concatenate([np.asarray(s.loss, dtype=float).ravel() for s in landscapes])
     vals = vals[np.isfinite(vals)]
     lo, hi = float(vals.min()), float(vals.max() if vmax is None else min(vmax, vals.max()))
@@ -45,7 +46,6 @@ def landscape_levels(landscapes, n: int = 21, log: bool = False, vmax: float | N
 
 
 def _surface_values(s, log: bool):
-    import numpy as np
     z = np.asarray(s.loss, dtype=float)
     return np.log10(np.maximum(z, 1e-12)) if log else z
 
@@ -62,7 +62,6 @@ def plot_landscape_contours(surfaces: dict, levels=None, log: bool = False, vmax
 
     ``surfaces``: {label: Landscape} (kind "grid"). Returns the figure (one colour bar for all panels).
     """
-    import numpy as np
     plt = _plt()
     items = list(surfaces.items())
     if not items:
@@ -94,7 +93,6 @@ def plot_landscape_contours(surfaces: dict, levels=None, log: bool = False, vmax
 
 def plot_landscape_lines(curves: dict, ax=None, log: bool = False, xlabel: str | None = None):
     """Loss along 1-D landscapes (interpolations or lines) on one axis; dots mark t = 0 (and t = 1)."""
-    import numpy as np
     plt = _plt()
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.4))
@@ -118,7 +116,6 @@ def plot_landscape_lines(curves: dict, ax=None, log: bool = False, xlabel: str |
 
 def plot_landscape_surface(surface, ax=None, log: bool = False, levels=None, cmap: str = "viridis"):
     """3-D surface of one 2-D landscape (colour scale from ``levels``, e.g. ``landscape_levels`` of all)."""
-    import numpy as np
     plt = _plt()
     if ax is None:
         fig = plt.figure(figsize=(5, 4))
@@ -139,7 +136,6 @@ def plot_landscape_surface(surface, ax=None, log: bool = False, levels=None, cma
 
 def plot_spectral_density(densities: dict, ax=None, sigma: float | None = None, n: int = 400):
     """Gaussian-smoothed eigenvalue densities from ``curvature.spectral_density`` ({label: (nodes, weights)})."""
-    import numpy as np
     plt = _plt()
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.2))
@@ -172,7 +168,6 @@ def _ax(ax, size=(6, 3.2)):
 
 def plot_matrix(M, ax=None, title: str = "", fmt: str = "{:.2f}", cmap: str = "Blues"):
     """A small matrix as an image with every entry written in its cell (e.g. P for D = 12, d = 3)."""
-    import numpy as np
     M = np.asarray(M, dtype=float)
     ax = _ax(ax, (0.5 * M.shape[1] + 1.5, 0.3 * M.shape[0] + 1))
     ax.imshow(M, cmap=cmap, aspect="auto")
@@ -201,7 +196,6 @@ def plot_group_sizes(counts_by_name: dict, ax=None, bins: int = 40):
 
 def plot_distance_ratios(ratios_by_name: dict, ax=None, bins: int = 40, logx: bool = False):
     """Histogram of ||f(x) - f(y)|| / ||x - y|| per map; the isometry is the vertical line at 1."""
-    import numpy as np
     ax = _ax(ax)
     for name, r in ratios_by_name.items():
         r = np.asarray(r)
@@ -227,7 +221,6 @@ def plot_distance_ratios(ratios_by_name: dict, ax=None, bins: int = 40, logx: bo
 
 def plot_ratio_vs_norm(ratios_by_name: dict, ax=None):
     """Median distance ratio (5-95 % band) against ||theta||, per map; ``{name: {norm: ratios}}``."""
-    import numpy as np
     ax = _ax(ax)
     for name, by_norm in ratios_by_name.items():
         s = np.array(sorted(by_norm))
@@ -245,7 +238,6 @@ def plot_ratio_vs_norm(ratios_by_name: dict, ax=None):
 
 def plot_distortion_vs_D(Ds, distortion_by_name: dict, ax=None, ref: float | None = None):
     """Distortion (e.g. std of the distance ratio) against D on log-log axes; ``ref``: c / sqrt(2D) line."""
-    import numpy as np
     ax = _ax(ax)
     Ds = np.asarray(Ds, dtype=float)
     for name, vals in distortion_by_name.items():
@@ -263,7 +255,6 @@ def plot_distortion_vs_D(Ds, distortion_by_name: dict, ax=None, ref: float | Non
 
 def plot_singular_values(sv_by_name: dict, ax=None, kind: str = "spectrum", bins: int = 40):
     """Singular values per map: ``kind="spectrum"`` (sorted, log y) or ``"hist"`` (log-spaced bins)."""
-    import numpy as np
     ax = _ax(ax)
     spread = {n: np.sort(np.asarray(s, dtype=float))[::-1] for n, s in sv_by_name.items()}
     pos_all = np.concatenate([s[s > 1e-12 * max(s.max(), 1e-300)] for s in spread.values()] or [np.ones(1)])

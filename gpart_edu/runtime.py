@@ -14,6 +14,7 @@ import random
 import numpy as np
 import torch
 
+from . import __version__
 from .errors import ConfigError
 
 MODE_VAR = "GPART_EDU_MODE"
@@ -61,7 +62,6 @@ def versions() -> dict:
             out[name] = __import__(name).__version__
         except ImportError:
             out[name] = "missing"
-    from . import __version__
     out["gpart_edu"] = __version__
     return out
 

@@ -2,10 +2,31 @@
 inside the function), so plain pytest can drive it by setting ``.value`` on its controls."""
 from __future__ import annotations
 
+import dataclasses
+import io
 import math
+import threading
+import types
 
 import torch
+from torch import nn
+from torch.func import functional_call
 
+from . import assets, plots
+from .core.adapter import ADAPTER_ATTR, attach
+from .core.methods import GPart, LoRA, Target, UniLoRA
+from .core.targets import describe, find_targets
+from .errors import ConfigError
+from .finetune import train
+from .finetune.compare import BUDGET_KEY, METHOD_LABELS, lr_pair, prepare
+from .finetune.train import TrainConfig, fit
+from .lab import landscape
+from .lab.geometry import _directions, distance_ratios
+from .lab.jacobian import singular_values
+from .lab.maps import as_map
+from .lab.random_projections import FastfoodProjection, GaussianProjection
+from .losses import cross_entropy
+from .plots import plot_distance_ratios, plot_singular_values, plot_training_curves
 
 # ---- quickstart explorer
 EXPLORER_CLASS = "gpart-explorer"            # CSS classes the browser test (tests/test_browser.py) looks for
@@ -18,8 +39,6 @@ def _eval_at_theta(model, key: str, theta: torch.Tensor, data, batch_size: int) 
     Uses ``torch.func.functional_call`` with θ overridden; only the train/eval flag is touched and it is
     restored in ``finally``. ``data`` is a dict with "labels" (HF inputs) or a tuple (x, y).
     """
-    import torch.nn.functional as F
-    from torch.func import functional_call
 
     y_all = data["labels"] if isinstance(data, dict) else data[1]
     n = len(y_all)
@@ -36,9 +55,9 @@ def _eval_at_theta(model, key: str, theta: torch.Tensor, data, batch_size: int) 
                     out = functional_call(model, {key: theta}, args=(), kwargs=inputs)
                 else:
                     out = functional_call(model, {key: theta}, args=(data[0][sl].to(dev),))
-                logits = (out.logits if hasattr(out, "logits") else out).float()
+                logits = (out.logits if hasattr(out, "logits") else out)
                 y = y_all[sl].to(dev)
-                loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+                loss_sum += float(cross_entropy(logits, y, reduction="sum"))
                 correct += int((logits.argmax(-1) == y).sum())
     finally:
         model.train(was_training)
@@ -60,7 +79,6 @@ def theta_scale_explorer(adapter, data=None, t_min: float = -1.0, t_max: float =
     """
     import ipywidgets as widgets
 
-    from .adapter import ADAPTER_ATTR
 
     if not (math.isfinite(t_min) and math.isfinite(t_max) and t_min < t_max):
         raise ValueError(f"need finite t_min < t_max, got t_min={t_min!r}, t_max={t_max!r}")
@@ -125,10 +143,7 @@ def theta_scale_explorer(adapter, data=None, t_min: float = -1.0, t_max: float =
 # ---- landscape explorer
 def _digits_problem(seed: int = 0, n_eval: int = 360):
     """A small, fast problem: an MLP 64 -> 32 -> 10 (random, frozen base) on scikit-learn's 8x8 digits."""
-    import torch
-    from torch import nn
 
-    from . import assets
     try:
         (x_tr, y_tr), (x_te, y_te) = assets.load_digits(seed=seed)
     except assets.AssetMissing:  # no scikit-learn: a seeded synthetic 10-class problem of the same shape
@@ -167,9 +182,6 @@ def landscape_explorer(problem=None, methods=("gpart", "unilora", "lora"), d_val
     import ipywidgets as W
     import matplotlib.pyplot as plt
 
-    from . import landscape, plots, train
-    from .adapter import attach
-    from .targets import describe, find_targets
 
     factory, train_data, eval_data = problem or _digits_problem()
     lr = {"gpart": 5e-2, "unilora": 1e-1, "lora": 5e-2, **(lr or {})}  # a short sweep on the default problem
@@ -248,7 +260,6 @@ def _in_kernel() -> bool:
 
 
 def _png(fig) -> bytes:
-    import io
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
     return buf.getvalue()
@@ -260,16 +271,11 @@ EXPLORER_SIZES = (12, 16, 16, 8)  # the built-in MLP's layer widths: D = 12*16 +
 
 
 def _explorer_targets(sizes=EXPLORER_SIZES):
-    from .methods import Target
     return [Target(f"layers.{i}", "linear", a, b, True) for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
 
 
 def explorer_map(method: str, d: int, r: int, seed: int, sizes=EXPLORER_SIZES):
     """The map theta -> vec(Delta W) the isometry explorer shows (a FlatMap over a small built-in MLP)."""
-    from .errors import ConfigError
-    from .geometry import as_map
-    from .methods import GPart, LoRA, UniLoRA
-    from .random_projections import FastfoodProjection, GaussianProjection
     targets = _explorer_targets(sizes)
     D = sum(t.numel for t in targets)
     if method in ("gpart", "gpart-hashed"):
@@ -288,9 +294,6 @@ def explorer_map(method: str, d: int, r: int, seed: int, sizes=EXPLORER_SIZES):
 
 def explorer_measure(method: str, d: int, r: int, seed: int, scale: float, n_pairs: int = 150) -> dict:
     """Distance ratios at ||theta|| = scale and the full Jacobian spectrum at a point of norm ``scale``."""
-    import torch
-    from .geometry import _directions, distance_ratios
-    from .jacobian import singular_values
     f = explorer_map(method, d, r, seed)
     ratios = distance_ratios(f, n_pairs=n_pairs, scale=scale, seed=seed)
     point = _directions(f.d, 1, seed + 10_000, torch.float64)[0] * scale
@@ -309,7 +312,6 @@ def isometry_explorer(n_pairs: int = 150):
     """
     import ipywidgets as W
     from matplotlib.figure import Figure
-    from .plots import plot_distance_ratios, plot_singular_values
     D = sum(t.numel for t in _explorer_targets())
     controls = {
         "method": W.Dropdown(options=list(EXPLORER_METHODS), value="gpart", description="method"),
@@ -355,7 +357,6 @@ def isometry_explorer(n_pairs: int = 150):
 
 # ---- live training
 def _budget_label(method: str, budget) -> str:
-    from .compare import BUDGET_KEY
     return "—" if budget is None else f"{BUDGET_KEY.get(method, 'budget')}={budget:,}"
 
 
@@ -364,7 +365,6 @@ def _render_png(hist, title: str, metric: str) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .plots import plot_training_curves
     fig = Figure(figsize=(9, 3.2), dpi=80)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
@@ -386,14 +386,9 @@ def live_training(make_model, train, eval_data, *, methods: dict, config=None, t
     The returned VBox carries ``.controls`` (method, budget, start, stop, image, status), ``.state``
     (history, model, running) and ``.wait(timeout)`` (join the training thread; for tests and scripts).
     """
-    import dataclasses
-    import threading
-    import types
 
     import ipywidgets as W
 
-    from .compare import METHOD_LABELS, lr_pair, prepare
-    from .train import TrainConfig, fit
 
     if not methods:
         raise ValueError("live_training needs methods={name: [budgets]}, e.g. {'gpart': [4096], 'head': [None]}")

@@ -31,8 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import gpart_edu as ge  # noqa: E402
-from gpart_edu import assets, engine  # noqa: E402
-from gpart_edu.projections import hashed_group_ids  # noqa: E402
+from gpart_edu import assets  # noqa: E402
+from gpart_edu.core.projections import hashed_group_ids  # noqa: E402
+from gpart_edu.finetune import engine
 
 RESULTS: list[bool] = []
 CUDA = torch.cuda.is_available()

@@ -1,4 +1,4 @@
-"""GPU check for gpart_edu.landscape / curvature: the same numbers on CUDA as on CPU, nothing mutated.
+"""GPU check for gpart_edu.lab.landscape / curvature: the same numbers on CUDA as on CPU, nothing mutated.
 
 Run: python scripts/gpu_check_landscape.py   (exits non-zero on failure; on a machine without CUDA it runs the
 CPU half, prints a note and exits 0). Float64 throughout, so CPU and CUDA must agree to ~1e-10.
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import gpart_edu as ge
-from gpart_edu import curvature, landscape
+from gpart_edu.lab import curvature, landscape
 
 failures = []
 

@@ -9,7 +9,9 @@ import time
 
 import torch
 
-from gpart_edu import assets, intrinsic, toys, train
+from gpart_edu import assets
+from gpart_edu.finetune import train
+from gpart_edu.lab import intrinsic, toys
 
 
 def main():

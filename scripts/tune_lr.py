@@ -13,7 +13,8 @@ import time
 
 import torch
 
-from gpart_edu import assets, compare, train
+from gpart_edu import assets
+from gpart_edu.finetune import compare, train
 
 
 def load(data: str, max_length: int, n_val: int, n_test: int, seed: int = 0):

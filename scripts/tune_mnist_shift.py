@@ -9,7 +9,9 @@ import json
 
 import torch
 
-from gpart_edu import assets, compare, toys, train
+from gpart_edu import assets
+from gpart_edu.finetune import compare, train
+from gpart_edu.lab import toys
 
 GRID = {"gpart": [256, 1024, 4096, 16384], "unilora": [256, 1024, 4096], "lora": [1, 4, 8],
         "head": [None], "full": [None]}

@@ -7,7 +7,8 @@ import argparse
 import json
 
 import gpart_edu as ge
-from gpart_edu import assets, train
+from gpart_edu import assets
+from gpart_edu.finetune import train
 
 
 def main():

@@ -67,7 +67,7 @@ def output_of(model, inputs):
 
 def state_hash(model: nn.Module) -> str:
     """sha256 over every state-dict tensor's bytes and every requires_grad flag (``landscape.fingerprint``)."""
-    from gpart_edu.landscape import fingerprint
+    from gpart_edu.lab.landscape import fingerprint
     return fingerprint(model)
 
 

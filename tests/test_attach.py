@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import gpart_edu as ge
-from gpart_edu.adapter import ADAPTER_ATTR
+from gpart_edu.core.adapter import ADAPTER_ATTR
 
 from .conftest import MODEL_KINDS, output_of, state_hash
 
@@ -161,7 +161,7 @@ def test_bad_config_is_clear_error_and_model_untouched(method, cfg, pattern):
 def test_failed_attach_leaves_model_untouched_when_patching_fails(monkeypatch):
     model, _, targets = MODEL_KINDS["bert"](torch.float64)
     h = state_hash(model)
-    import gpart_edu.adapter as A
+    import gpart_edu.core.adapter as A
 
     calls = {"n": 0}
     real = A._LayerForward.__init__
@@ -298,7 +298,7 @@ def test_unknown_format_version_is_rejected(tmp_path):
 def test_failed_save_leaves_no_file(tmp_path, monkeypatch):
     model, _, targets = MODEL_KINDS["mlp"](torch.float32)
     ad = ge.attach(model, "gpart", d=10, targets=targets)
-    import gpart_edu.storage as S
+    import gpart_edu.core.storage as S
 
     def broken(tensors, filename, metadata=None):
         with open(filename, "wb") as f:

@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
-from gpart_edu import compare, plots, train
+from gpart_edu import plots
 from gpart_edu.errors import ConfigError
+from gpart_edu.finetune import compare, train
 
 from .conftest import MLP
 

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 import gpart_edu as ge
-from gpart_edu import assets, engine, gsm8k, results, tasks
+from gpart_edu import assets
 from gpart_edu.errors import ConfigError
+from gpart_edu.finetune import engine, gsm8k, optim, results, tasks
 
 from .conftest import minilm_or_skip
 
@@ -73,12 +74,12 @@ def test_split_batch_refuses_what_does_not_divide(args):
 def test_allreduce_bytes_are_theta_and_head_only(tiny_bert_dir):
     cfg = engine.RunConfig(model=str(tiny_bert_dir), **{**TINY, "d": 123}, steps=1)
     model, _, _ = engine.load_model(cfg, tasks.get("tweets"))
-    full = engine.allreduce_bytes(model)
+    full = optim.allreduce_bytes(model)
     adapter = engine.prepare(model, cfg)
     head = sum(p.numel() for n, p in model.named_parameters() if n.startswith("classifier."))
     assert adapter.num_trainable == 123
-    assert engine.allreduce_bytes(model) == 4 * (123 + head) < full
-    assert set(engine.trainable_state(model)) == {"gpart_edu_adapter.theta", "classifier.weight", "classifier.bias"}
+    assert optim.allreduce_bytes(model) == 4 * (123 + head) < full
+    assert set(optim.trainable_state(model)) == {"gpart_edu_adapter.theta", "classifier.weight", "classifier.bias"}
 
 
 @pytest.mark.parametrize("bad,match", [(dict(method="gpart", d=None), "needs d"), (dict(steps=None), "exactly one"),
@@ -112,7 +113,7 @@ def test_run_writes_results_adapter_summary_and_reloads_to_the_same_metrics(tiny
     adapter = ge.load_adapter(tmp_path / "adapter.safetensors", model)
     assert adapter.method.config()["d"] == 500 and adapter.theta.abs().sum() > 0
     # load_finetuned rebuilds base + adapter + head: the same held-out metrics as the run's last evaluation
-    model, tok, saved = results.load_finetuned(tmp_path)
+    model, tok, saved = engine.load_finetuned(tmp_path)
     data = tasks.load("tweets", tokenizer=tok, max_length=32, max_train=8, max_eval=128, seed=0)
     again = results.evaluate_model(model, data, batch_size=cfg.eval_batch_size)
     assert again["accuracy"] == r["final"]["accuracy"]
@@ -125,7 +126,7 @@ def test_head_and_full_baselines_save_their_trainable_tensors(tiny_bert_dir, tmp
                                                                       "max_train": 64, "max_eval": 32})
         r = engine.run(cfg, tmp_path / method)
         assert "adapter" not in r["files"] and r["files"]["trainable"] == "trainable.safetensors"
-        model, _, _ = results.load_finetuned(tmp_path / method)
+        model, _, _ = engine.load_finetuned(tmp_path / method)
         n_params = sum(p.numel() for p in model.parameters())
         assert r["model"]["trainable"] == (2 * 32 + 2 if method == "head" else n_params)
 

@@ -1,4 +1,4 @@
-"""gpart_edu.geometry / gpart_edu.jacobian: Gram residuals, distance ratios, Jacobian spectra, projected step."""
+"""gpart_edu.lab.geometry / gpart_edu.lab.jacobian: Gram residuals, distance ratios, Jacobian spectra, projected step."""
 import time
 
 import numpy as np
@@ -6,10 +6,11 @@ import pytest
 import torch
 
 import gpart_edu as ge
-from gpart_edu import ConfigError, PartitionProjection, geometry, jacobian
-from gpart_edu.random_projections import FastfoodProjection, GaussianProjection
+from gpart_edu import ConfigError, PartitionProjection
+from gpart_edu.lab import geometry, jacobian, maps
+from gpart_edu.lab.random_projections import FastfoodProjection, GaussianProjection
 
-from .conftest import MODEL_KINDS, minilm_or_skip, state_hash, tiny_bert, tiny_mlp
+from .conftest import MODEL_KINDS, minilm_or_skip, state_hash
 
 F64 = torch.float64
 
@@ -34,19 +35,19 @@ def test_gpart_delta_weights_concatenate_to_P_theta():
                 {"d": 40, "seed": 3, "assignment": "hashed"}):
         _, _, ad = _attach("bert", "gpart", **cfg)
         theta = torch.randn(40, dtype=F64)
-        assert torch.equal(geometry.as_map(ad)(theta), ad.method.P(theta))
+        assert torch.equal(maps.as_map(ad)(theta), ad.method.P(theta))
 
 
 def test_as_map_accepts_every_kind_and_rejects_others():
     _, _, ad = _attach("mlp", "unilora", d=20, r=2)
-    assert geometry.as_map(ad).d == 20 and geometry.as_map(ad.method).d == 20
-    assert torch.equal(geometry.as_map(ad).theta0, ad.theta.detach())
-    assert geometry.as_map(PartitionProjection(30, 4)).d == 4
-    assert geometry.as_map(lambda t: 2 * t, d=3)(torch.ones(3)).tolist() == [2, 2, 2]
+    assert maps.as_map(ad).d == 20 and maps.as_map(ad.method).d == 20
+    assert torch.equal(maps.as_map(ad).theta0, ad.theta.detach())
+    assert maps.as_map(PartitionProjection(30, 4)).d == 4
+    assert maps.as_map(lambda t: 2 * t, d=3)(torch.ones(3)).tolist() == [2, 2, 2]
     with pytest.raises(ConfigError, match="callable theta -> Delta W together with d"):
-        geometry.as_map(lambda t: t)
+        maps.as_map(lambda t: t)
     with pytest.raises(ConfigError, match=r"must have shape \(20,\)"):
-        geometry.as_map(ad).point(torch.zeros(3))
+        maps.as_map(ad).point(torch.zeros(3))
 
 
 # ----------------------------------------------------------------------------- Gram, groups
@@ -119,8 +120,8 @@ def test_unilora_and_lora_ratios_are_2_homogeneous_and_spread():
 def test_unilora_jacobian_vanishes_at_zero():
     _, _, ad = _attach("bert", "unilora", d=30, r=2)
     v = torch.randn(30, dtype=F64)
-    assert geometry.jvp(ad, torch.zeros(30), v).abs().max().item() == 0.0
-    assert geometry.jvp(ad, None, v).abs().max().item() > 0          # at its U(+-0.02) init it does not
+    assert maps.jvp(ad, torch.zeros(30), v).abs().max().item() == 0.0
+    assert maps.jvp(ad, None, v).abs().max().item() > 0          # at its U(+-0.02) init it does not
 
 
 def test_analysis_does_not_mutate_model_or_theta():
@@ -243,7 +244,7 @@ def test_lora_reparametrization_keeps_delta_w():
     _moved(ad)
     M = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 0.5], [1.0, 0.0, 3.0]], dtype=F64)
     t2 = geometry.lora_reparametrize(ad, ad.theta, M)
-    f = geometry.as_map(ad)
+    f = maps.as_map(ad)
     assert (t2 - ad.theta.detach()).norm() > 1.0
     assert (f(t2) - f(ad.theta.detach())).abs().max().item() <= 1e-12
     with pytest.raises(ConfigError, match="3 x 3"):
@@ -259,7 +260,7 @@ def test_lora_symmetry_tangent_is_a_null_direction_of_J():
     dM = torch.randn(3, 3, generator=torch.Generator().manual_seed(2), dtype=F64)
     v = geometry.lora_null_direction(ad, ad.theta, dM)
     assert v.shape == ad.theta.shape and v.norm() > 0.1
-    assert geometry.jvp(ad, None, v).norm().item() <= 1e-12 * v.norm().item()
+    assert maps.jvp(ad, None, v).norm().item() <= 1e-12 * v.norm().item()
     eps = 1e-6   # and it is the derivative of the reparametrisation at M = I
     fd = (geometry.lora_reparametrize(ad, ad.theta, torch.eye(3, dtype=F64) + eps * dM) - ad.theta.detach()) / eps
     assert torch.allclose(fd, v, atol=1e-5, rtol=0)

@@ -6,13 +6,12 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import gpart_edu as ge
-from gpart_edu import curvature as C
-from gpart_edu import landscape as L
-from gpart_edu.adapter import ADAPTER_ATTR
+from gpart_edu.core.adapter import ADAPTER_ATTR
 from gpart_edu.errors import ConfigError
+from gpart_edu.lab import curvature as C
+from gpart_edu.lab import landscape as L
 
 from .conftest import METHOD_CASES, state_hash, tiny_bert, tiny_gpt2, tiny_mlp
-
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ import torch
 from torch.func import functional_call, jacrev, jvp, vjp
 
 import gpart_edu as ge
-from gpart_edu.adapter import ADAPTER_ATTR
+from gpart_edu.core.adapter import ADAPTER_ATTR
 
 from .conftest import METHOD_CASES, MODEL_KINDS, output_of
 

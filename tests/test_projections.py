@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gpart_edu import ConfigError, PartitionProjection
-from gpart_edu.projections import ASSIGNMENTS, hashed_group_ids
+from gpart_edu.core.projections import ASSIGNMENTS, hashed_group_ids
 
 SIZES = [(1, 1), (12, 3), (12, 12), (13, 1), (100, 7), (257, 64), (1000, 999), (4096, 100)]
 

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 import gpart_edu as ge
-from gpart_edu import train, widgets
+from gpart_edu import widgets
+from gpart_edu.finetune import train
 from tests.conftest import state_hash, tiny_mlp
 
 

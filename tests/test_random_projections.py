@@ -7,7 +7,7 @@ import scipy.linalg
 import torch
 
 from gpart_edu import ConfigError
-from gpart_edu.random_projections import FastfoodProjection, GaussianProjection, fwht
+from gpart_edu.lab.random_projections import FastfoodProjection, GaussianProjection, fwht
 
 CLASSES = [GaussianProjection, FastfoodProjection]
 SIZES = [(1, 1), (7, 3), (37, 5), (100, 16), (1000, 33), (1030, 64)]

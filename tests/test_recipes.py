@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpart_edu import engine, recipes
+from gpart_edu.core.targets import resolve_targets
 from gpart_edu.errors import ConfigError
+from gpart_edu.finetune import engine, recipes
 
 GLUE_EPOCHS_BASE = {"cola": 80, "sst2": 60, "mrpc": 30, "qnli": 25, "rte": 160, "stsb": 80}   # the table
 
@@ -112,12 +113,12 @@ def test_resolve_targets_maps_query_value_to_the_names_a_model_uses():
     with torch.device("meta"):
         bert = BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8))
         vit = ViTModel(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8))
-    assert [n.rsplit(".", 1)[-1] for n, _ in recipes.resolve_targets(bert, ("query", "value"))] == ["query", "value"]
-    vit_names = [n.rsplit(".", 1)[-1] for n, _ in recipes.resolve_targets(vit, ("query", "value"))]
+    assert [n.rsplit(".", 1)[-1] for n, _ in resolve_targets(bert, ("query", "value"))] == ["query", "value"]
+    vit_names = [n.rsplit(".", 1)[-1] for n, _ in resolve_targets(vit, ("query", "value"))]
     assert len(vit_names) == 2 and set(vit_names) in ({"query", "value"}, {"q_proj", "v_proj"})
     from gpart_edu.errors import TargetError
     with pytest.raises(TargetError, match="matched no module"):
-        recipes.resolve_targets(bert, ("nonexistent",))
+        resolve_targets(bert, ("nonexistent",))
 
 
 def test_table_rows_for_the_readme():

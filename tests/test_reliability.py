@@ -7,8 +7,8 @@ from torch.func import functional_call
 
 import gpart_edu as ge
 from gpart_edu import runtime
-from gpart_edu.adapter import ADAPTER_ATTR
-from gpart_edu.projections import ASSIGNMENTS
+from gpart_edu.core.adapter import ADAPTER_ATTR
+from gpart_edu.core.projections import ASSIGNMENTS
 
 from .conftest import METHOD_CASES, MODEL_KINDS, output_of
 
@@ -112,7 +112,7 @@ def test_gradcheck_efficient_training_path(case, kind):
 
 # ------------------------------------------------------------------------------- determinism
 def _train_theta(seed):
-    from gpart_edu import train
+    from gpart_edu.finetune import train
     model, _, targets = MODEL_KINDS["mlp"](torch.float32)
     ge.attach(model, "gpart", d=20, targets=targets, trainable=())
     g = torch.Generator().manual_seed(5)

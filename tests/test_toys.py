@@ -4,8 +4,9 @@ import pytest
 import torch
 
 import gpart_edu as ge
-from gpart_edu import intrinsic, toys, train
 from gpart_edu.errors import ConfigError
+from gpart_edu.finetune import train
+from gpart_edu.lab import intrinsic, toys
 
 
 @pytest.fixture(scope="module")

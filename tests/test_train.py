@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 import gpart_edu as ge
-from gpart_edu import train
 from gpart_edu.errors import ConfigError
+from gpart_edu.finetune import train
 
 from .conftest import METHOD_CASES, MLP
 

@@ -2,9 +2,9 @@
 import time
 
 import pytest
-import torch
 
-from gpart_edu import train, widgets
+from gpart_edu import widgets
+from gpart_edu.finetune import train
 
 from .test_compare import data, make_model
 

@@ -27,8 +27,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from .adapter import AUTO_HEADS, attach, get_adapter
-from .errors import ConfigError
+from ..core.adapter import AUTO_HEADS, attach, get_adapter
+from ..errors import ConfigError
 from .train import TrainConfig, classification_loss, fit, set_trainable
 
 BUDGET_KEY = {"gpart": "d", "unilora": "d", "lora": "r"}

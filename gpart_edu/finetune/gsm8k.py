@@ -7,7 +7,10 @@ Prompt: "Question: {q}\nAnswer:" followed by the answer and EOS; labels are -100
 """
 from __future__ import annotations
 
+import re
+
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 PROMPT = "Question: {q}\nAnswer:"
 
@@ -33,7 +36,6 @@ class LMCollator:
         self.pad_id = 0 if pad_id is None else int(pad_id)
 
     def __call__(self, rows):
-        from torch.nn.utils.rnn import pad_sequence
         out = {}
         for key, value in (("input_ids", self.pad_id), ("attention_mask", 0), ("labels", -100)):
             out[key] = pad_sequence([r[key] for r in rows], batch_first=True, padding_value=value)
@@ -42,7 +44,6 @@ class LMCollator:
 
 def answer_number(text) -> str | None:
     """The final number of a GSM8K-style answer ("... #### 1,234" -> "1234"; else the last number)."""
-    import re
     text = str(text)
     tail = text.split("####")[-1] if "####" in text else text
     nums = re.findall(r"-?\d[\d,]*\.?\d*", tail)

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .projections import as_positive_int
+from ..core.projections import as_positive_int
+from ..errors import ConfigError
 
 
 @dataclass

@@ -24,12 +24,13 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
-from .adapter import ADAPTER_ATTR, AUTO_HEADS, get_adapter
-from .errors import ConfigError
-from .runtime import device as pick_device
+from ..core.adapter import ADAPTER_ATTR, AUTO_HEADS, get_adapter
+from ..errors import ConfigError
+from ..losses import classification_loss, cross_entropy, forward_logits, labels
+from ..runtime import device as pick_device
 
 SCHEDULES = ("linear", "cosine", "constant")
 
@@ -129,23 +130,6 @@ def _eval_order(data) -> torch.Tensor:
     return torch.arange(n)
 
 
-def forward_logits(model: nn.Module, batch):
-    """Logits of a batch: dict -> model(**inputs).logits (HF), tuple -> model(x)."""
-    if isinstance(batch, dict):
-        out = model(**{k: v for k, v in batch.items() if k != "labels"})
-        return out.logits if hasattr(out, "logits") else out
-    return model(batch[0])
-
-
-def _labels(batch):
-    return batch["labels"] if isinstance(batch, dict) else batch[1]
-
-
-def classification_loss(model, batch):
-    """Cross-entropy of the logits against the labels (mean over the batch)."""
-    return F.cross_entropy(forward_logits(model, batch).float(), _labels(batch))
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, data, batch_size: int = 64, loss_fn=classification_loss, dev=None,
              trim_padding: bool = True) -> dict:
@@ -163,12 +147,12 @@ def evaluate(model: nn.Module, data, batch_size: int = 64, loss_fn=classificatio
     try:
         for a in range(0, n, batch_size):
             batch = _take(data, order[a: a + batch_size], dev, trim_padding)
-            y = _labels(batch)
+            y = labels(batch)
             if loss_fn is not classification_loss:
                 tot_loss += float(loss_fn(model, batch)) * len(y)
                 continue
-            logits = forward_logits(model, batch).float()
-            tot_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            logits = forward_logits(model, batch)
+            tot_loss += float(cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(-1) == y).sum())
     finally:
         model.train(was_training)
@@ -187,10 +171,9 @@ def lm_data(blocks: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def _lm_nll(model, batch, reduction: str):
-    logits = forward_logits(model, batch).float()  # (B, T, V)
-    y = _labels(batch)
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1),
-                           ignore_index=-100, reduction=reduction)
+    logits = forward_logits(model, batch)  # (B, T, V)
+    y = labels(batch)
+    return cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1), reduction=reduction)
 
 
 def causal_lm_loss(model, batch):
@@ -209,7 +192,7 @@ def evaluate_lm(model: nn.Module, data, batch_size: int = 8, dev=None) -> dict:
         for a in range(0, n, batch_size):
             batch = _take(data, torch.arange(a, min(n, a + batch_size)), dev)
             tot += float(_lm_nll(model, batch, "sum"))
-            count += int((_labels(batch)[:, 1:] != -100).sum())
+            count += int((labels(batch)[:, 1:] != -100).sum())
     finally:
         model.train(was_training)
     return {"loss": tot / count, "perplexity": math.exp(tot / count)}
@@ -306,7 +289,6 @@ def fit(model: nn.Module, train, eval_data=None, *, config: TrainConfig | None =
     ``loss_fn`` and no ``eval_fn``, evaluation reports that loss only. A NaN / inf loss stops the run
     (``history.diverged``) before the optimizer step, so the parameters stay finite.
     """
-    from tqdm.auto import tqdm
 
     cfg = config or TrainConfig()
     cfg.validate()

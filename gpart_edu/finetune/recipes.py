@@ -22,9 +22,14 @@ Dropout: gpart_edu has no separate adapter-input dropout (GPart runs one matmul 
 from __future__ import annotations
 
 import copy
+import difflib
 from dataclasses import asdict, dataclass
 
-from .errors import ConfigError
+import torch
+
+from ..core.methods import METHODS
+from ..core.targets import describe, resolve_targets
+from ..errors import ConfigError
 
 GLUE_TASKS = ("cola", "sst2", "mrpc", "qnli", "rte", "stsb")
 VIT_TASKS = ("cifar10", "cifar100")
@@ -174,7 +179,6 @@ def names(family: str | None = None) -> list[str]:
 def get(name: str) -> Recipe:
     """A copy of the named recipe (edit it freely); unknown names raise with the close matches."""
     if name not in RECIPES:
-        import difflib
         close = difflib.get_close_matches(name, RECIPES, n=5)
         raise ConfigError(f"unknown recipe {name!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
                           + " (list them with `gpart-edu recipes`)")
@@ -202,41 +206,17 @@ ARCHS = {
                                                   num_hidden_layers=32, num_attention_heads=32,
                                                   num_key_value_heads=8, tie_word_embeddings=False)),
 }
-# the same projection under the names different transformers architectures give it
-TARGET_ALIASES = {"query": ("q_proj", "q_lin", "q"), "key": ("k_proj", "k_lin", "k"),
-                  "value": ("v_proj", "v_lin", "v"), "q_proj": ("query",), "k_proj": ("key",),
-                  "v_proj": ("value",), "o_proj": ("out_proj", "dense")}
-
-
-def resolve_targets(model, targets) -> list:
-    """find_targets(model, targets), falling back to each name's aliases when a name matches nothing
-    (ViT calls its query/value projections q_proj/v_proj in transformers 5, BERT/RoBERTa query/value)."""
-    from .errors import TargetError
-    from .targets import find_targets
-    if isinstance(targets, str):
-        return find_targets(model, targets)
-    names = []
-    for t in targets:
-        for cand in (t, *TARGET_ALIASES.get(t, ())):
-            try:
-                find_targets(model, [cand])
-            except TargetError:
-                continue
-            names.append(cand)
-            break
-        else:
-            find_targets(model, [t])          # raises the informative error
-    return find_targets(model, names)
-
-
 NUM_LABELS = {"cola": 2, "sst2": 2, "mrpc": 2, "qnli": 2, "rte": 2, "stsb": 1, "cifar10": 10, "cifar100": 100}
 
 
 def meta_model(recipe: Recipe, config=None):
     """The recipe's model built on the meta device (shapes only) from ``ARCHS`` or a given HF config."""
-    import torch
-    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForImageClassification,
-                              AutoModelForSequenceClassification)
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForImageClassification,
+        AutoModelForSequenceClassification,
+    )
     if config is None:
         if recipe.model not in ARCHS:
             raise ConfigError(f"no built-in architecture for {recipe.model!r}; "
@@ -260,8 +240,6 @@ def cost(recipe: Recipe, world_size: int = 1, config=None) -> dict:
     fp32 gradients and two AdamW moments of the trainable tensors (activations not included: they depend
     on batch and sequence length), and GPart's transient weight gradient of its largest target layer.
     """
-    from .methods import METHODS
-    from .targets import describe
     model = meta_model(recipe, config)
     n_model = sum(p.numel() for p in model.parameters())
     targets = [describe(n, m) for n, m in resolve_targets(model, recipe.targets)]

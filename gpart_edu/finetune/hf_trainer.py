@@ -14,19 +14,21 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-from .adapter import get_adapter
-from .engine import trainable_state
-from .errors import ConfigError
+from ..core.adapter import get_adapter
+from ..errors import ConfigError
+from . import train
+from .optim import trainable_state
 
 TRAINABLE_FILE = "trainable.safetensors"
 
 
 def trainer_class():
-    from safetensors.torch import load_file, save_file
     from transformers import Trainer
 
-    from . import train
 
     class GPartTrainer(Trainer):
         """Trainer with two AdamW groups (theta at lr, head at head_lr) and theta-sized checkpoints."""
@@ -80,7 +82,6 @@ def monitor(trainer, cfg):
             self.first_step = state.global_step
             wrapped = trainer.model_wrapped
             if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
-                from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
                 def counting_hook(comm, bucket):
                     buf = bucket.buffer()
@@ -107,7 +108,6 @@ def monitor(trainer, cfg):
 
 def rank_spread(model) -> dict:
     """max |x_rank - x_rank'| over processes of theta and of all trainable tensors (0.0 = identical)."""
-    import torch.distributed as dist
     if not (dist.is_available() and dist.is_initialized()):
         return {}
     out = {}

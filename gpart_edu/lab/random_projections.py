@@ -23,8 +23,8 @@ import math
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .projections import DEFAULT_DENSE_LIMIT_BYTES, as_positive_int
+from ..core.projections import DEFAULT_DENSE_LIMIT_BYTES, as_positive_int
+from ..errors import ConfigError
 
 DEFAULT_CACHE_BYTES = 128 << 20  # GaussianProjection keeps P in memory up to this size, else streams it
 

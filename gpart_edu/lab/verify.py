@@ -20,8 +20,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .errors import ConfigError
-from .methods import METHODS
+from ..assets import _quiet_transformers, resolve_model
+from ..core.methods import METHODS
+from ..core.storage import read_adapter
+from ..core.targets import describe, resolve_targets
+from ..errors import ConfigError
+from . import geometry, jacobian
 
 TOL = {"float64": 1e-10, "float32": 1e-5}
 DEFAULT_R = {"unilora": 4, "lora": 8}
@@ -50,9 +54,6 @@ def model_targets(model: str, targets=None):
     """Target records of ``model``'s layers, from its config alone (meta device, nothing downloaded)."""
     from transformers import AutoConfig, AutoModel
 
-    from .assets import _quiet_transformers, resolve_model
-    from .recipes import resolve_targets
-    from .targets import describe
     with _quiet_transformers():
         config = AutoConfig.from_pretrained(resolve_model(model))
         with torch.device("meta"):
@@ -64,7 +65,6 @@ def build_method(model: str | None = None, method: str = "gpart", *, adapter: st
                  alpha=None, seed: int = 0, assignment: str = "balanced", targets=None):
     """(Method, theta float64, description) from a model's layers + settings, or from a saved adapter file."""
     if adapter is not None:
-        from .storage import read_adapter
         name, config, tlist, theta = read_adapter(adapter)
         if method not in (None, name):
             raise ConfigError(f"{adapter} holds a {name} adapter, not {method}")
@@ -96,7 +96,6 @@ def run_checks(meth, theta=None, pairs: int = 20, k: int = 6, pair_norm: float =
     whose smallest values converge slowly), "sample" (all singular values of J restricted to ``samples``
     random theta coordinates: Cauchy-interlaced inside the full range, so a spread proves non-isometry and
     all-ones is a necessary condition) or "none"."""
-    from . import geometry, jacobian
     if claim not in ("auto", "isometric"):
         raise ConfigError(f"claim must be 'auto' or 'isometric', got {claim!r}")
     tdt = {"float64": torch.float64, "float32": torch.float32}[dtype]

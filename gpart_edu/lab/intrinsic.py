@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .errors import ConfigError
-from .projections import PartitionProjection, as_positive_int
+from ..core.projections import PartitionProjection, as_positive_int
+from ..errors import ConfigError
 
 PROJECTIONS = ("partition", "gaussian")
 DENSE_LIMIT_BYTES = 1 << 30

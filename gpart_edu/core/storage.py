@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .errors import AdapterFileError
+from ..errors import AdapterFileError
 from .methods import Target
 
 FORMAT = "gpart_edu.adapter"

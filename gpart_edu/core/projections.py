@@ -21,7 +21,7 @@ import operator
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 ASSIGNMENTS = ("balanced", "multinomial", "hashed")
 DEFAULT_DENSE_LIMIT_BYTES = 1 << 30  # to_dense refuses beyond 1 GiB

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .adapter import ADAPTER_ATTR
-from .errors import AttachError, ConfigError
-from .geometry import F64, as_map, linearise
+from ..core.adapter import ADAPTER_ATTR
+from ..errors import AttachError, ConfigError
+from ..losses import classification_loss, with_tensors
+from .maps import F64, as_map, linearise
 from .random_projections import check_dense_size
 
 DENSE_AUTO_BYTES = 64 << 20  # method="auto" forms the dense J below this size
@@ -192,16 +193,6 @@ def singular_value_sample(obj, theta=None, m: int = 256, seed: int = 0, dtype=F6
 
 
 # ------------------------------------------------------------------------- projected step
-class _Functional:
-    """Callable stand-in for ``model`` evaluated with overridden tensors (torch.func.functional_call)."""
-
-    def __init__(self, model, tensors):
-        self.model, self.tensors = model, tensors
-
-    def __call__(self, *args, **kwargs):
-        return torch.func.functional_call(self.model, self.tensors, args, kwargs)
-
-
 def projected_step(adapter, batch, loss_fn=None, lr: float = 1e-2, dtype=None) -> dict:
     """Compare one SGD step on theta with the full fine-tuning step, both measured in weight space.
 
@@ -216,7 +207,6 @@ def projected_step(adapter, batch, loss_fn=None, lr: float = 1e-2, dtype=None) -
     plus the norms and, for GPart, ``P_adjoint`` = ||g_theta - P.adjoint(vec g_W)|| / ||P^T g_W||.
     ``dtype`` (e.g. torch.float64) evaluates the whole model in that precision, still on copies.
     """
-    from .train import classification_loss
     model = getattr(adapter, "model", None)
     if model is None:
         raise AttachError("projected_step needs an adapter attached to a model (ge.attach); this one is detached")
@@ -233,7 +223,7 @@ def projected_step(adapter, batch, loss_fn=None, lr: float = 1e-2, dtype=None) -
     theta_leaf = theta.clone().requires_grad_(True)
     tensors.update(leaves)
     tensors[f"{ADAPTER_ATTR}.theta"] = theta_leaf
-    loss = loss_fn(_Functional(model, tensors), batch)
+    loss = loss_fn(with_tensors(model, tensors), batch)
     g_theta, *g_w = torch.autograd.grad(loss, [theta_leaf, *leaves.values()])
     g_flat = torch.cat([g.reshape(-1) for g in g_w]).detach()
     g_theta = g_theta.detach()

@@ -22,31 +22,21 @@ Direction choices (``Direction.kind``):
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from .adapter import ADAPTER_ATTR, get_adapter
-from .errors import ConfigError
-from .projections import as_positive_int
+from ..core.adapter import ADAPTER_ATTR, get_adapter
+from ..core.projections import as_positive_int
+from ..errors import ConfigError
+from ..losses import classification_loss
 
 THETA_KEY = ADAPTER_ATTR + ".theta"
-
-
-def cross_entropy_loss(model: nn.Module, batch) -> torch.Tensor:
-    """Mean cross-entropy of ``train.forward_logits`` in at least float32 (float64 models stay float64).
-
-    Same as ``train.classification_loss`` except that the latter always casts to float32, which would cap
-    the float64 exactness checks of this module at about 1e-8.
-    """
-    from .train import _labels, forward_logits
-    logits = forward_logits(model, batch)
-    if logits.dtype not in (torch.float32, torch.float64):
-        logits = logits.float()
-    return torch.nn.functional.cross_entropy(logits, _labels(batch))
 
 
 class _LossModule(nn.Module):
@@ -65,7 +55,7 @@ class Objective:
     """Evaluate L(theta) = mean loss of ``model`` over a fixed evaluation set, functionally.
 
     ``data``: dict of equal-length tensors with "labels", or a tuple (x, y), as in ``train.fit``.
-    ``loss_fn(model, batch)`` returns the mean loss of a batch (default ``cross_entropy_loss``).
+    ``loss_fn(model, batch)`` returns the mean loss of a batch (default ``losses.classification_loss``).
     The set is cut into chunks of ``batch_size`` examples; L is the example-weighted mean of chunk means.
     The model runs in eval mode (dropout off); every module's train flag is restored afterwards.
     """
@@ -80,7 +70,7 @@ class Objective:
         if self.adapter is None:
             raise ConfigError("model has no gpart_edu adapter; attach one first: ge.attach(model, 'gpart', d=...)")
         if self.loss_fn is None:
-            self.loss_fn = cross_entropy_loss
+            self.loss_fn = classification_loss
         self.batch_size = as_positive_int(self.batch_size, "batch_size")
         self._wrapped = _LossModule(self.model, self.loss_fn)
         self.device = self.adapter.theta.device
@@ -154,7 +144,6 @@ class _EvalMode:
 
 def fingerprint(model: nn.Module) -> str:
     """Return a sha256 of every state-dict tensor's bytes and requires_grad flag (equal before/after = untouched)."""
-    import hashlib
     h = hashlib.sha256()
     for k, v in model.state_dict().items():
         h.update(k.encode())
@@ -279,7 +268,6 @@ def symmetric_coords(span: float, n: int) -> np.ndarray:
 
 def _evaluate(obj: Objective, points, total: int, desc: str, progress: bool) -> np.ndarray:
     """Loss at each theta of the iterable ``points`` (generated lazily: only one (d,) point in memory)."""
-    from tqdm.auto import tqdm
 
     out = np.empty(total)
     with torch.no_grad(), obj.eval_mode():

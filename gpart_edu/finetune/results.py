@@ -7,7 +7,7 @@
     out/summary.md           a short human-readable report
     out/checkpoints/         Trainer checkpoints (trainable tensors + optimizer/scheduler/RNG state)
 
-    model, tokenizer, results = load_finetuned("out")     # the base model + the saved adapter and head
+    model, tokenizer, results = engine.load_finetuned("out")   # the base model + the saved adapter and head
 """
 from __future__ import annotations
 
@@ -15,11 +15,16 @@ import json
 import math
 import platform
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
-from .adapter import ADAPTER_ATTR
+from ..core.adapter import ADAPTER_ATTR
+from ..runtime import versions as base_versions
+from .optim import allreduce_bytes, trainable_state
+from .train import History
 
 RESULTS_FORMAT = "gpart_edu.results"
 RESULTS_VERSION = 1
@@ -49,7 +54,6 @@ def train_log(log_history) -> list[dict]:
 
 def as_history(results: dict):
     """A ``train.History`` of a run (per-step losses need ``logging_steps=1``), for ``plots.plot_history``."""
-    from .train import History
     return History(config=results["config"], losses=[x["loss"] for x in results["train_log"]],
                    lrs=[x.get("learning_rate", 0.0) for x in results["train_log"]], evals=list(results["evals"]),
                    wall_time=results["train_time_s"], peak_memory_bytes=results["peak_memory_bytes"],
@@ -68,8 +72,7 @@ def _finite(x):
 
 
 def versions() -> dict:
-    from .runtime import versions as base
-    out = base()
+    out = base_versions()
     for name in ("accelerate", "datasets", "safetensors"):
         try:
             out[name] = __import__(name).__version__
@@ -81,11 +84,7 @@ def versions() -> dict:
 
 def write_outputs(out: Path, cfg, info: dict) -> dict:
     """Write the run's files into ``out`` (rank 0 only); returns the results dict."""
-    from dataclasses import asdict
 
-    from safetensors.torch import save_file
-
-    from .engine import allreduce_bytes, trainable_state
     out.mkdir(parents=True, exist_ok=True)
     model, adapter, spec, data = info["model"], info["adapter"], info["spec"], info["data"]
     state = trainable_state(model)
@@ -159,40 +158,8 @@ def summary_markdown(r: dict) -> str:
     if extra:
         lines += ["", "GSM8K: " + ", ".join(f"{k} {_fmt(v)}" for k, v in extra.items())]
     lines += ["", "Files: " + ", ".join(f"`{f}`" for f in r["files"].values()),
-              "", "Reload: `from gpart_edu.results import load_finetuned; model, tok, res = load_finetuned(DIR)`", ""]
+              "", "Reload: `from gpart_edu.finetune.engine import load_finetuned; model, tok, res = load_finetuned(DIR)`", ""]
     return "\n".join(lines)
-
-
-def load_finetuned(out, device: str | None = None):
-    """(model, tokenizer, results): the run's base model rebuilt as in training, with its adapter and head."""
-    from safetensors.torch import load_file
-
-    from . import tasks
-    from .adapter import load_adapter
-    from .engine import RunConfig, load_model
-    out = Path(out)
-    results = json.loads((out / "results.json").read_text())
-    known = {f for f in RunConfig.__dataclass_fields__}
-    cfg = RunConfig(**{k: v for k, v in results["config"].items() if k in known})
-    if isinstance(cfg.targets, list):
-        cfg.targets = tuple(cfg.targets)
-    model, tok, _ = load_model(cfg, tasks.get(cfg.task))
-    files = results["files"]
-    if "adapter" in files:
-        load_adapter(out / files["adapter"], model)
-    tensors = load_file(str(out / files["head"])) if "head" in files else \
-        load_file(str(out / files["trainable"])) if "trainable" in files else {}
-    params = dict(model.named_parameters())
-    unknown = sorted(set(tensors) - set(params))
-    if unknown:
-        raise ValueError(f"{out}: saved tensors {unknown[:3]} do not exist in {cfg.model}; wrong base model?")
-    with torch.no_grad():
-        for n, t in tensors.items():
-            params[n].copy_(t.to(params[n].dtype))
-    model.eval()
-    if device is not None:
-        model.to(device)
-    return model, tok, results
 
 
 @torch.no_grad()

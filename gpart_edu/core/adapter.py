@@ -11,12 +11,13 @@ and parameters, and only their ``forward`` is redirected. ``detach`` undoes all 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 
 import torch
 from torch import nn
 
-from .errors import AttachError, ConfigError
+from ..errors import AttachError, ConfigError
 from .methods import METHODS, Method
 from .storage import read_adapter, write_adapter
 from .targets import describe, find_targets
@@ -240,7 +241,6 @@ def attach(model: nn.Module, method: str, *, targets="all-linear", trainable="au
     try:
         meth = cls(tlist, **config)
     except TypeError as e:  # unexpected keyword: say which ones are valid
-        import inspect
         valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "targets")]
         raise ConfigError(f"{name}: {e}; valid options: {', '.join(valid)}") from None
     head_params = _trainable_params(model, trainable, {n for n, _ in found})

@@ -1,4 +1,9 @@
-"""Find the layers to adapt in any torch model: by name suffix, regex, or "all-linear"."""
+"""Find the layers to adapt in any torch model: by name suffix, regex, or "all-linear"; architecture aliases.
+
+``find_targets`` matches names exactly as given; ``resolve_targets`` also tries the names other architectures give
+the same projection (query / q_proj / q_lin ...), for recipes that run on several model families.
+Taught in notebooks/00_quickstart.ipynb (which layers GPart adapts).
+"""
 from __future__ import annotations
 
 import re
@@ -6,7 +11,7 @@ from collections.abc import Iterable
 
 from torch import nn
 
-from .errors import TargetError, UnsupportedLayerError
+from ..errors import TargetError, UnsupportedLayerError
 from .methods import Target
 
 HEAD_NAMES = ("classifier", "score", "lm_head")  # output heads: never adapted by "all-linear"
@@ -77,3 +82,28 @@ def find_targets(model: nn.Module, targets="all-linear") -> list[tuple[str, nn.M
             f"targets {what} matched {len(bad)} module(s) that are not nn.Linear or Conv1D: {listing}; "
             f"name the linear layers inside them instead (adaptable layers end in: {_leaf_names(model)})")
     return found
+
+
+# the same projection under the names different transformers architectures give it
+TARGET_ALIASES = {"query": ("q_proj", "q_lin", "q"), "key": ("k_proj", "k_lin", "k"),
+                  "value": ("v_proj", "v_lin", "v"), "q_proj": ("query",), "k_proj": ("key",),
+                  "v_proj": ("value",), "o_proj": ("out_proj", "dense")}
+
+
+def resolve_targets(model, targets) -> list:
+    """find_targets(model, targets), falling back to each name's aliases when a name matches nothing
+    (ViT calls its query/value projections q_proj/v_proj in transformers 5, BERT/RoBERTa query/value)."""
+    if isinstance(targets, str):
+        return find_targets(model, targets)
+    names = []
+    for t in targets:
+        for cand in (t, *TARGET_ALIASES.get(t, ())):
+            try:
+                find_targets(model, [cand])
+            except TargetError:
+                continue
+            names.append(cand)
+            break
+        else:
+            find_targets(model, [t])          # raises the informative error
+    return find_targets(model, names)

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from ..core.projections import as_positive_int
+from ..errors import ConfigError
 from .landscape import THETA_KEY, Objective
-from .projections import as_positive_int
 
 MODES = ("forward-over-reverse", "double-backward")
 

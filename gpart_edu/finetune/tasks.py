@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from .. import assets
+from ..errors import ConfigError
+from .gsm8k import LMCollator, answer_number, prompt_rows
 
 KINDS = ("text", "image", "lm", "math")
 
@@ -184,7 +186,6 @@ def _text_collator(tokenizer):
 
 
 def _load_offline(spec, tok, size, channels, mean, std, max_length, max_train, max_eval, seed):
-    from . import assets
     if spec.name in ("tweets", "reuters-r8"):
         tr, te = assets.load_tweets(seed=seed) if spec.name == "tweets" else assets.load_reuters_r8()
         out = []
@@ -276,7 +277,6 @@ def _load_hub(spec, tok, size, channels, mean, std, max_length, max_train, max_e
                                            True, seed),
                         ImageDataset(eval_ds[img], eval_ds[spec.label_column], size, channels, mean, std, False,
                                      seed), None, spec.num_labels, [])
-    from .gsm8k import LMCollator, answer_number, prompt_rows
     rows = prompt_rows(tok, train_ds[spec.columns[0]], train_ds[spec.columns[1]], max_length or 2048)
     if "question" in eval_ds.column_names:            # GSM8K: question, answer ("... #### 42")
         questions, answers = list(eval_ds["question"]), list(eval_ds["answer"])

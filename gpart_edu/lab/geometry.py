@@ -1,120 +1,26 @@
 """Measure the geometry of theta -> vec(Delta W): Gram residuals, group sizes, distance ratios.
 
-Everything works on a *map* f: theta (d,) -> vec(Delta W) (D,), built by ``as_map`` from
-    an Adapter (``ge.attach``; uses ``adapter.delta_weights``, evaluation point = the adapter's theta),
-    a Method (GPart / UniLoRA / LoRA), a projection (Partition / Gaussian / Fastfood), or (callable, d).
-Nothing here mutates a model or a theta: maps are evaluated on copies (default dtype float64).
+Everything works on a *map* f: theta (d,) -> vec(Delta W) (D,), built by ``maps.as_map`` from an Adapter,
+a Method, a projection or (callable, d). Nothing here mutates a model or a theta: maps are evaluated on
+copies (default dtype float64). Taught in notebooks 01 (partitions, distance ratios) and 02 (LoRA, Uni-LoRA).
 
 Math:
     GPart      f(theta) = P theta: J = P, J^T J = P^T P = I  -> every singular value is 1, every ratio 1.
     Uni-LoRA   f = (B A)(P theta): 2-homogeneous, J(0) = 0, ratio(s x, s y) = s ratio(x, y).
     LoRA       f = (alpha/r) B A: J has >= r^2 null directions per layer ((B, A) -> (B M, M^{-1} A)).
-Jacobian spectra and the projected-step identity live in ``gpart_edu.jacobian`` (same maps).
+Jacobian spectra and the projected-step identity live in ``gpart_edu.lab.jacobian`` (same maps).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from .errors import ConfigError
-from .methods import Method
-from .projections import DEFAULT_DENSE_LIMIT_BYTES
-
-F64 = torch.float64
-
-
-# ----------------------------------------------------------------------------------------- maps
-@dataclass
-class FlatMap:
-    """theta (d,) -> vec(Delta W) (D,) as one flat tensor; ``theta0`` is the default evaluation point."""
-
-    fn: object
-    d: int
-    name: str = "map"
-    theta0: torch.Tensor | None = field(default=None, repr=False)
-
-    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
-        return flatten(self.fn(theta))
-
-    def point(self, theta=None, dtype=F64) -> torch.Tensor:
-        """A detached copy of ``theta`` (default ``theta0``, else zeros) in ``dtype``, checked for shape."""
-        t = self.theta0 if theta is None else theta
-        t = torch.zeros(self.d, dtype=dtype) if t is None else torch.as_tensor(t).detach().to(dtype).clone()
-        if t.shape != (self.d,):
-            raise ConfigError(f"theta for {self.name} must have shape ({self.d},), got {tuple(t.shape)}")
-        return t
-
-
-def flatten(out, buf: torch.Tensor | None = None) -> torch.Tensor:
-    """A {name: Delta W} dict (in its order) or a tensor as one flat vector (written into ``buf`` if given)."""
-    parts = [v.reshape(-1) for v in out.values()] if isinstance(out, dict) else [out.reshape(-1)]
-    return torch.cat(parts, out=buf) if buf is not None else torch.cat(parts)
-
-
-def unflatten(u: torch.Tensor, like):
-    """Views of the flat ``u`` shaped like ``like`` (a dict of tensors or a tensor)."""
-    if not isinstance(like, dict):
-        return u.view(like.shape)
-    out, pos = {}, 0
-    for k, v in like.items():
-        out[k] = u[pos: pos + v.numel()].view(v.shape)
-        pos += v.numel()
-    return out
-
-
-def linearise(obj, theta=None, dtype=F64):
-    """(D, d, Jv, JTu) at theta: J v and J^T u as functions of flat tensors (torch.func jvp / vjp).
-
-    The AD transforms run on the map's own output (a dict of Delta W); flattening happens outside them,
-    and ``Jv`` writes into one reused (D,) buffer (copy the result if you keep it).
-    """
-    f = as_map(obj)
-    t = f.point(theta, dtype)
-    y, vjp_fn = torch.func.vjp(f.fn, t)
-    D = sum(v.numel() for v in y.values()) if isinstance(y, dict) else y.numel()
-    buf = torch.empty(D, dtype=dtype)
-    return (D, f.d, lambda v: flatten(torch.func.jvp(f.fn, (t,), (v.to(dtype),))[1], buf),
-            lambda u: vjp_fn(unflatten(u.to(dtype), y))[0])
-
-
-def as_map(obj, d: int | None = None, name: str | None = None) -> FlatMap:
-    """Wrap an Adapter, Method, projection, FlatMap or callable (with ``d``) as a FlatMap."""
-    from .adapter import Adapter
-    if isinstance(obj, FlatMap):
-        return obj
-    if isinstance(obj, Adapter):
-        return FlatMap(obj.method.delta_weights, obj.num_trainable, name or obj.method.name,
-                       obj.theta.detach().clone())
-    if isinstance(obj, Method):
-        return FlatMap(obj.delta_weights, obj.num_params, name or obj.name)
-    if hasattr(obj, "adjoint") and hasattr(obj, "d"):
-        return FlatMap(obj, obj.d, name or type(obj).__name__)
-    if callable(obj) and d is not None:
-        return FlatMap(obj, int(d), name or getattr(obj, "__name__", "map"))
-    raise ConfigError(f"cannot measure a {type(obj).__name__}: pass an Adapter (ge.attach), a Method, a "
-                      f"projection, or a callable theta -> Delta W together with d=...")
-
-
-def restrict(obj, index, theta=None, name: str | None = None) -> FlatMap:
-    """The map b -> f(theta with theta[index] = b): only the coordinates ``index`` move (e.g. LoRA's B)."""
-    f = as_map(obj)
-    base = f.point(theta)
-    index = torch.as_tensor(index, dtype=torch.long)
-    return FlatMap(lambda b: f.fn(base.to(b.dtype).index_put((index,), b)), len(index),
-                   name or f"{f.name}[restricted]", base[index].clone())
-
-
-def jvp(obj, theta, v: torch.Tensor) -> torch.Tensor:
-    """J(theta) v, flat (D,), in v's dtype."""
-    return linearise(obj, theta, v.dtype)[2](v).clone()
-
-
-def vjp(obj, theta, u: torch.Tensor) -> torch.Tensor:
-    """J(theta)^T u, shape (d,), in u's dtype."""
-    return linearise(obj, theta, u.dtype)[3](u)
+from ..core.projections import DEFAULT_DENSE_LIMIT_BYTES
+from ..errors import ConfigError
+from .jacobian import jacobian_dense
+from .maps import F64, as_map, restrict
 
 
 # -------------------------------------------------------------------------------- Gram, groups
@@ -123,7 +29,6 @@ def gram_residual(obj, theta=None, max_bytes: int = DEFAULT_DENSE_LIMIT_BYTES) -
     if hasattr(obj, "to_dense"):
         M = obj.to_dense(F64, max_bytes=max_bytes)
     else:
-        from .jacobian import jacobian_dense
         M = jacobian_dense(obj, theta, max_bytes=max_bytes)
     R = M.T @ M - torch.eye(M.shape[1], dtype=F64)
     return {"max_abs": R.abs().max().item(), "fro": torch.linalg.matrix_norm(R).item()}

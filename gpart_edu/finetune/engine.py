@@ -14,6 +14,7 @@ optimizer, scheduler, RNG and Trainer state, so ``--resume`` continues the step 
 """
 from __future__ import annotations
 
+import json
 import os
 import resource
 import time
@@ -21,11 +22,18 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
+from .. import assets
+from ..core.adapter import attach, load_adapter
+from ..core.targets import resolve_targets
+from ..errors import ConfigError
+from . import recipes, train
 from . import tasks as tasklib
-from .adapter import attach
-from .errors import ConfigError
-from .results import collect_evals, load_finetuned, write_outputs  # noqa: F401  (re-exported)
+from .gsm8k import gsm8k_accuracy
+from .hf_trainer import monitor, rank_spread, trainer_class
+from .optim import allreduce_bytes
+from .results import collect_evals, write_outputs
 
 ADAPTER_METHODS = ("gpart", "unilora", "lora")
 METHODS = ADAPTER_METHODS + ("head", "full")
@@ -76,7 +84,6 @@ class RunConfig:
 
     @classmethod
     def from_recipe(cls, name: str, **overrides) -> "RunConfig":
-        from . import recipes
         r = recipes.get(name)
         base = dict(model=r.model, task=r.task, method=r.method, targets=tuple(r.targets), lr=r.lr,
                     head_lr=r.head_lr, weight_decay=r.weight_decay, batch_size=r.batch_size,
@@ -133,33 +140,16 @@ def split_batch(batch_size: int, per_device: int | None, world: int, accum: int 
     return per_device, accum
 
 
-def allreduce_bytes(model: torch.nn.Module) -> int:
-    """Bytes data-parallel training all-reduces per optimizer step: every trainable tensor's gradient
-    (DDP reduces in the parameter dtype). For a GPart classifier: 4 (d + head) with fp32 parameters."""
-    seen, total = set(), 0
-    for p in model.parameters():
-        if p.requires_grad and p.data_ptr() not in seen:
-            seen.add(p.data_ptr())
-            total += p.numel() * p.element_size()
-    return total
-
-
-def trainable_state(model: torch.nn.Module) -> dict:
-    """{name: tensor} of the trainable parameters (shared storage once): what a checkpoint holds."""
-    seen, out = set(), {}
-    for n, p in model.named_parameters():
-        if p.requires_grad and p.data_ptr() not in seen:
-            seen.add(p.data_ptr())
-            out[n] = p
-    return out
-
-
 # ------------------------------------------------------------------------------------ model
 def load_model(cfg: RunConfig, spec):
     """(model, tokenizer or None, image settings) for the task kind; the head is seeded with cfg.seed."""
-    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForImageClassification,
-                              AutoModelForSequenceClassification, AutoTokenizer)
-    from . import assets
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForImageClassification,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
     torch.manual_seed(cfg.seed)
     with assets._quiet_transformers():
         if cfg.model == assets.SMOLLM2:
@@ -200,8 +190,6 @@ def load_model(cfg: RunConfig, spec):
 
 def prepare(model, cfg: RunConfig):
     """Attach the adapter (gpart / unilora / lora) or set the baseline's trainable set (head / full)."""
-    from . import train
-    from .recipes import resolve_targets
     if cfg.method in ADAPTER_METHODS:
         names = [n for n, _ in resolve_targets(model, cfg.targets)]
         kw = {"seed": cfg.seed}
@@ -260,7 +248,6 @@ def run(cfg: RunConfig, out, extra: dict | None = None) -> dict:
         save_steps=cfg.save_steps, save_total_limit=2, logging_steps=cfg.logging_steps, report_to="none",
         seed=cfg.seed, disable_tqdm=not cfg.progress, remove_unused_columns=False, label_names=["labels"],
         dataloader_num_workers=cfg.workers, prediction_loss_only=spec.kind in ("lm", "math"))
-    from .hf_trainer import monitor, rank_spread, trainer_class
     trainer_cls = trainer_class()
     trainer_cls.gpart_cfg = cfg
     trainer = trainer_cls(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
@@ -293,7 +280,6 @@ def run(cfg: RunConfig, out, extra: dict | None = None) -> dict:
         return {"rank": int(os.environ.get("RANK", 0)), "evals": evals}
     extra_metrics = {}
     if spec.kind == "math" and data.gsm8k:          # generation on rank 0 only (--max-eval limits it)
-        from .gsm8k import gsm8k_accuracy
         extra_metrics = gsm8k_accuracy(trainer.model, tok, data.gsm8k, cfg.gsm8k_max_new_tokens)
     if args.device.type == "cuda":
         peak, kind = torch.cuda.max_memory_allocated(args.device), "cuda max_memory_allocated"
@@ -306,9 +292,36 @@ def run(cfg: RunConfig, out, extra: dict | None = None) -> dict:
     return write_outputs(out, cfg, info)
 
 
+def load_finetuned(out, device: str | None = None):
+    """(model, tokenizer, results): the run's base model rebuilt as in training, with its adapter and head."""
+    out = Path(out)
+    results = json.loads((out / "results.json").read_text())
+    known = {f for f in RunConfig.__dataclass_fields__}
+    cfg = RunConfig(**{k: v for k, v in results["config"].items() if k in known})
+    if isinstance(cfg.targets, list):
+        cfg.targets = tuple(cfg.targets)
+    model, tok, _ = load_model(cfg, tasklib.get(cfg.task))
+    files = results["files"]
+    if "adapter" in files:
+        load_adapter(out / files["adapter"], model)
+    tensors = load_file(str(out / files["head"])) if "head" in files else \
+        load_file(str(out / files["trainable"])) if "trainable" in files else {}
+    params = dict(model.named_parameters())
+    unknown = sorted(set(tensors) - set(params))
+    if unknown:
+        raise ValueError(f"{out}: saved tensors {unknown[:3]} do not exist in {cfg.model}; wrong base model?")
+    with torch.no_grad():
+        for n, t in tensors.items():
+            params[n].copy_(t.to(params[n].dtype))
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model, tok, results
+
+
 def config_fields() -> list[str]:
     return [f.name for f in fields(RunConfig)]
 
 
-__all__ = ["RunConfig", "run", "load_model", "prepare", "allreduce_bytes", "split_batch", "trainable_state",
-           "load_finetuned", "config_fields", "METHODS", "ADAPTER_METHODS"]
+__all__ = ["RunConfig", "run", "load_model", "prepare", "split_batch", "load_finetuned", "config_fields", "METHODS",
+           "ADAPTER_METHODS"]

@@ -1,0 +1,12 @@
+"""The core: theta -> Delta W, and putting it into a model (torch only).
+
+    projections  P in R^{D x d}: the partition (balanced / multinomial / hashed), P^T P = I exactly
+    methods      GPart, Uni-LoRA and LoRA as pure maps theta -> {weight name: Delta W}; the method registry
+    fused        GPart's training forward: one matmul with W0 + Delta W (a custom autograd function)
+    reference    the three maps written densely in a few lines: the float64 oracle of the tests
+    targets      which layers to adapt (name suffixes, regexes, "all-linear", architecture aliases)
+    adapter      attach / merge / unmerge / detach / save / load_adapter
+    storage      the adapter file (safetensors: theta + config + target fingerprint)
+
+Nothing here imports the lab, the fine-tuning wing, plots, widgets or the CLI.
+"""
