@@ -1,9 +1,13 @@
 """GPU check for gpart_edu.lab.landscape / curvature: the same numbers on CUDA as on CPU, nothing mutated.
 
-Run: python scripts/gpu_check_landscape.py   (exits non-zero on failure; on a machine without CUDA it runs the
-CPU half, prints a note and exits 0). Float64 throughout, so CPU and CUDA must agree to ~1e-10.
+Run: python scripts/gpu_check_landscape.py [--json FILE]   (exit 1 on a failed check; on a machine without CUDA it
+runs the CPU half, prints a note and exits 0). Float64 throughout, so CPU and CUDA must agree to ~1e-10.
 """
+import argparse
+import json
 import sys
+import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -11,13 +15,12 @@ from torch import nn
 import gpart_edu as ge
 from gpart_edu.lab import curvature, landscape
 
-failures = []
+LINES = []
 
 
-def report(name, ok, detail):
-    print(f"{'ok ' if ok else 'FAIL'} {name}: {detail}")
-    if not ok:
-        failures.append(name)
+def report(name, ok, detail, **numbers):
+    print(f"{'ok ' if ok else 'FAIL'} {name}: {detail}", flush=True)
+    LINES.append({"kind": "PASS" if ok else "FAIL", "name": name, "detail": detail, **numbers})
 
 
 def build(dev):
@@ -44,17 +47,35 @@ def measure(dev):
     return dict(surf=surf, hv=hv, top=top, unchanged=before == after)
 
 
-cpu = measure(torch.device("cpu"))
-report("cpu: model unchanged", cpu["unchanged"], "sha256 equal before/after")
-if not torch.cuda.is_available():
-    print("note: CUDA not available; the CUDA comparison was skipped (CPU half ran)")
-    sys.exit(1 if failures else 0)
-gpu = measure(torch.device("cuda"))
-report("cuda: model unchanged", gpu["unchanged"], "sha256 equal before/after")
-err = float(abs(gpu["surf"].loss - cpu["surf"].loss).max())
-report("grid losses cuda == cpu", err < 1e-10, f"max abs diff {err:.2e} (9x9 grid)")
-rel = float((gpu["hv"] - cpu["hv"]).norm() / cpu["hv"].norm())
-report("HVP cuda == cpu", rel < 1e-10, f"relative diff {rel:.2e}")
-erel = float(abs(gpu["top"].eigenvalues - cpu["top"].eigenvalues).max() / abs(cpu["top"].eigenvalues).max())
-report("top-3 eigenvalues cuda == cpu", erel < 1e-8, f"relative diff {erel:.2e}: {gpu['top'].eigenvalues}")
-sys.exit(1 if failures else 0)
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", help="write the checks to this file")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    cpu = measure(torch.device("cpu"))
+    report("cpu: model unchanged", cpu["unchanged"], "sha256 equal before/after")
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        print("note: CUDA not available; the CUDA comparison was skipped (CPU half ran)")
+    else:
+        gpu = measure(torch.device("cuda"))
+        report("cuda: model unchanged", gpu["unchanged"], "sha256 equal before/after")
+        err = float(abs(gpu["surf"].loss - cpu["surf"].loss).max())
+        report("grid losses cuda == cpu", err < 1e-10, f"max abs diff {err:.2e} (9x9 grid)", max_abs_diff=err)
+        rel = float((gpu["hv"] - cpu["hv"]).norm() / cpu["hv"].norm())
+        report("HVP cuda == cpu", rel < 1e-10, f"relative diff {rel:.2e}", rel_diff=rel)
+        erel = float(abs(gpu["top"].eigenvalues - cpu["top"].eigenvalues).max() / abs(cpu["top"].eigenvalues).max())
+        report("top-3 eigenvalues cuda == cpu", erel < 1e-8, f"relative diff {erel:.2e}: {gpu['top'].eigenvalues}",
+               rel_diff=erel, eigenvalues=[float(x) for x in gpu["top"].eigenvalues])
+    failed = sum(line["kind"] == "FAIL" for line in LINES)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"format": "gpart_edu.gpu_check_landscape", "cuda": cuda,
+                                               "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+                                               "torch": torch.__version__, "seconds": time.perf_counter() - t0,
+                                               "failed": failed, "lines": LINES}, indent=1) + "\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
