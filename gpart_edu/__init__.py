@@ -2,6 +2,7 @@
 
     import gpart_edu as ge
     adapter = ge.attach(model, "gpart", d=4096, seed=0, targets=["query", "value"])
+Taught in notebooks/00_quickstart.ipynb: attach, train, save, reload.
 """
 from .core.adapter import Adapter, attach, get_adapter, load_adapter
 from .core.methods import METHODS, GPart, LoRA, Target, UniLoRA

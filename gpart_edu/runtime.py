@@ -22,7 +22,10 @@ MODES = ("smoke", "default", "full")
 
 
 def mode() -> str:
-    """The size mode from ``$GPART_EDU_MODE`` ("default" when unset); invalid values raise."""
+    """The size mode from ``$GPART_EDU_MODE`` ("default" when unset); invalid values raise.
+
+    Taught in notebooks/00_quickstart.ipynb, section "4 · Train for a few steps".
+    """
     value = os.environ.get(MODE_VAR, "default").strip().lower() or "default"
     if value not in MODES:
         raise ConfigError(f"{MODE_VAR}={os.environ.get(MODE_VAR)!r} is not a valid mode; "
@@ -31,7 +34,10 @@ def mode() -> str:
 
 
 def pick(smoke, default, full=None):
-    """Return the value for the current mode (``full`` falls back to ``default`` when omitted)."""
+    """Return the value for the current mode (``full`` falls back to ``default`` when omitted).
+
+    Taught in notebooks/00_quickstart.ipynb, section "the introduction".
+    """
     return {"smoke": smoke, "default": default, "full": default if full is None else full}[mode()]
 
 
@@ -67,7 +73,10 @@ def versions() -> dict:
 
 
 def setup(seed: int = 0, prefer: str | None = None, verbose: bool = True) -> torch.device:
-    """First-cell helper: seed everything, pick the device, print mode, device and versions."""
+    """First-cell helper: seed everything, pick the device, print mode, device and versions.
+
+    Taught in notebooks/00_quickstart.ipynb, section "the introduction".
+    """
     seed_everything(seed)
     dev = device(prefer)
     if verbose:

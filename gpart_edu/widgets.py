@@ -10,58 +10,26 @@ import types
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
-from . import assets, plots
-from .core.adapter import ADAPTER_ATTR, attach
-from .core.methods import GPart, LoRA, Target, UniLoRA
+from . import assets, losses, plots
+from .core import registry
+from .core.adapter import attach
+from .core.methods import Target
 from .core.targets import describe, find_targets
 from .errors import ConfigError
 from .finetune import train
-from .finetune.compare import BUDGET_KEY, METHOD_LABELS, lr_pair, prepare
+from .finetune.compare import METHOD_LABELS, lr_pair, prepare
 from .finetune.train import TrainConfig, fit
 from .lab import landscape
 from .lab.geometry import _directions, distance_ratios
 from .lab.jacobian import singular_values
 from .lab.maps import as_map
 from .lab.random_projections import FastfoodProjection, GaussianProjection
-from .losses import cross_entropy
 from .plots import plot_distance_ratios, plot_singular_values, plot_training_curves
 
 # ---- quickstart explorer
 EXPLORER_CLASS = "gpart-explorer"            # CSS classes the browser test (tests/test_browser.py) looks for
 READOUT_CLASS = "gpart-explorer-readout"
-
-
-def _eval_at_theta(model, key: str, theta: torch.Tensor, data, batch_size: int) -> dict:
-    """Mean cross-entropy and accuracy of ``model`` with its θ replaced by ``theta`` (no mutation).
-
-    Uses ``torch.func.functional_call`` with θ overridden; only the train/eval flag is touched and it is
-    restored in ``finally``. ``data`` is a dict with "labels" (HF inputs) or a tuple (x, y).
-    """
-
-    y_all = data["labels"] if isinstance(data, dict) else data[1]
-    n = len(y_all)
-    dev = theta.device
-    was_training = model.training
-    model.eval()
-    loss_sum, correct = 0.0, 0
-    try:
-        with torch.no_grad():
-            for a in range(0, n, batch_size):
-                sl = slice(a, min(n, a + batch_size))
-                if isinstance(data, dict):
-                    inputs = {k: v[sl].to(dev) for k, v in data.items() if k != "labels"}
-                    out = functional_call(model, {key: theta}, args=(), kwargs=inputs)
-                else:
-                    out = functional_call(model, {key: theta}, args=(data[0][sl].to(dev),))
-                logits = (out.logits if hasattr(out, "logits") else out)
-                y = y_all[sl].to(dev)
-                loss_sum += float(cross_entropy(logits, y, reduction="sum"))
-                correct += int((logits.argmax(-1) == y).sum())
-    finally:
-        model.train(was_training)
-    return {"loss": loss_sum / n, "accuracy": correct / n}
 
 
 def theta_scale_explorer(adapter, data=None, t_min: float = -1.0, t_max: float = 2.0, step: float = 0.25,
@@ -72,7 +40,9 @@ def theta_scale_explorer(adapter, data=None, t_min: float = -1.0, t_max: float =
     t = 0 is the pretrained weights (with whatever head was trained), t = 1 the trained adapter.
     For GPart ΔW is linear and isometric, so ‖ΔW(t·θ)‖ = |t|·‖θ‖ exactly (computed in float64);
     for LoRA / Uni-LoRA ΔW is bilinear in θ and the ratio grows like |t|.
-    ``data`` (optional, at most ``max_examples`` used): held-out examples for loss / accuracy at t·θ.
+    ``data`` (optional, at most ``max_examples`` used): held-out examples for loss / accuracy at t·θ, from
+    ``losses.evaluate(model, data, theta=t·θ)`` (functional_call: θ swapped for the call only).
+    Notebook: 00_quickstart.
 
     The returned ``VBox`` has ``.slider`` (FloatSlider), ``.readout`` (HTML) and ``.results``
     ({t: {"t", "norm_dw", "predicted", "ratio", "loss", "accuracy"}}, filled as t values are visited).
@@ -108,7 +78,7 @@ def theta_scale_explorer(adapter, data=None, t_min: float = -1.0, t_max: float =
             row = {"t": tv, "norm_dw": norm_dw, "predicted": predicted,
                    "ratio": norm_dw / predicted if predicted > 0 else None}
             if data is not None:
-                row.update(_eval_at_theta(model, f"{ADAPTER_ATTR}.theta", tv * theta, data, batch_size))
+                row.update(losses.evaluate(model, data, batch_size, theta=tv * theta))
             results[tv] = row
         return results[tv]
 
@@ -160,16 +130,6 @@ def _digits_problem(seed: int = 0, n_eval: int = 360):
     return factory, (x_tr, y_tr), (x_te[:n_eval], y_te[:n_eval])
 
 
-def _method_config(method: str, d: int, layer_sizes) -> dict:
-    """Config giving ``method`` about d trainable parameters (LoRA: the r whose count is closest to d)."""
-    per_r = sum(i + o for i, o in layer_sizes)
-    if method == "lora":
-        return {"r": max(1, round(d / per_r)), "alpha": 8.0, "seed": 0}
-    if method == "unilora":
-        return {"d": d, "r": max(4, -(-d // per_r)), "seed": 0}
-    return {"d": d, "seed": 0}
-
-
 def landscape_explorer(problem=None, methods=("gpart", "unilora", "lora"), d_values=(32, 64, 128, 256, 512),
                        steps: int = 150, lr: dict | None = None, draw: bool = True):
     """Return a widget: pick method, d, span, resolution and direction type; it trains theta (cached per
@@ -178,6 +138,7 @@ def landscape_explorer(problem=None, methods=("gpart", "unilora", "lora"), d_val
     ``problem``: (model_factory, train_data, eval_data) (default: an MLP on 8x8 digits, a second per redraw).
     Every adaptable layer is targeted; only theta trains. ``box.state`` holds the last ``landscape``,
     ``figure``, ``message`` and trained ``model``; ``box.controls`` the controls; ``box.refresh()`` recomputes by hand.
+    Taught in notebooks/03_loss_landscapes.ipynb, section "What the numbers say — and what they do not".
     """
     import ipywidgets as W
     import matplotlib.pyplot as plt
@@ -185,7 +146,7 @@ def landscape_explorer(problem=None, methods=("gpart", "unilora", "lora"), d_val
 
     factory, train_data, eval_data = problem or _digits_problem()
     lr = {"gpart": 5e-2, "unilora": 1e-1, "lora": 5e-2, **(lr or {})}  # a short sweep on the default problem
-    sizes = [(t.in_features, t.out_features) for t in (describe(n, m) for n, m in find_targets(factory()))]
+    tlist = [describe(n, m) for n, m in find_targets(factory())]
     controls = {
         "method": W.Dropdown(options=list(methods), value=methods[0], description="method"),
         "d": W.SelectionSlider(options=list(d_values), value=d_values[len(d_values) // 2], description="d",
@@ -211,7 +172,8 @@ def landscape_explorer(problem=None, methods=("gpart", "unilora", "lora"), d_val
         key = (method, d)
         if key not in cache:
             model = factory()
-            adapter = attach(model, method, targets="all-linear", trainable=(), **_method_config(method, d, sizes))
+            adapter = attach(model, method, targets="all-linear", trainable=(),
+                             **registry.config_for_size(method, tlist, d))
             cfg = train.TrainConfig(steps=steps, batch_size=64, lr=lr[method], warmup=0.1, progress=False, seed=0,
                                     device=str(adapter.theta.device))
             hist = train.fit(model, train_data, eval_data, config=cfg)
@@ -279,12 +241,12 @@ def explorer_map(method: str, d: int, r: int, seed: int, sizes=EXPLORER_SIZES):
     targets = _explorer_targets(sizes)
     D = sum(t.numel for t in targets)
     if method in ("gpart", "gpart-hashed"):
-        return as_map(GPart(targets, d=d, seed=seed, assignment="hashed" if method == "gpart-hashed"
-                            else "balanced"), name=method)
+        return as_map(registry.build("gpart", targets, d, seed=seed,
+                                     assignment="hashed" if method == "gpart-hashed" else "balanced"), name=method)
     if method == "unilora":
-        return as_map(UniLoRA(targets, d=d, r=r, seed=seed), name=f"unilora (r={r})")
+        return as_map(registry.build("unilora", targets, d, r=r, seed=seed), name=f"unilora (r={r})")
     if method == "lora":
-        return as_map(LoRA(targets, r=r, alpha=float(r), seed=seed), name=f"lora (r={r}, alpha=r)")
+        return as_map(registry.build("lora", targets, r, alpha=float(r), seed=seed), name=f"lora (r={r}, alpha=r)")
     if method == "gaussian":
         return as_map(GaussianProjection(D, d, seed=seed), name="gaussian")
     if method == "fastfood":
@@ -309,6 +271,7 @@ def isometry_explorer(n_pairs: int = 150):
     The map acts on a built-in MLP (widths 12-16-16-8, D = 576 adapted weights), so every update is a
     dense Jacobian SVD plus ``n_pairs`` distance ratios (well under a second). LoRA ignores d (its theta
     has r (in + out) entries per layer); GPart / Gaussian / Fastfood ignore r.
+    Taught in notebooks/02_lora_unilora_geometry.ipynb, section "7 · Explore".
     """
     import ipywidgets as W
     from matplotlib.figure import Figure
@@ -357,7 +320,7 @@ def isometry_explorer(n_pairs: int = 150):
 
 # ---- live training
 def _budget_label(method: str, budget) -> str:
-    return "—" if budget is None else f"{BUDGET_KEY.get(method, 'budget')}={budget:,}"
+    return "—" if budget is None else f"{registry.BUDGET_KEY.get(method, 'budget')}={budget:,}"
 
 
 def _render_png(hist, title: str, metric: str) -> bytes:
@@ -385,6 +348,8 @@ def live_training(make_model, train, eval_data, *, methods: dict, config=None, t
 
     The returned VBox carries ``.controls`` (method, budget, start, stop, image, status), ``.state``
     (history, model, running) and ``.wait(timeout)`` (join the training thread; for tests and scripts).
+    Taught in notebooks/04_toy_to_small_finetuning.ipynb,
+    section "(b) MNIST-5k: pretrain on digits 0–4, fine-tune to digits 5–9".
     """
 
     import ipywidgets as W

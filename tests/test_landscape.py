@@ -9,6 +9,7 @@ import gpart_edu as ge
 from gpart_edu.core.adapter import ADAPTER_ATTR
 from gpart_edu.errors import ConfigError
 from gpart_edu.lab import curvature as C
+from gpart_edu.lab import eigen
 from gpart_edu.lab import landscape as L
 
 from .conftest import METHOD_CASES, state_hash, tiny_bert, tiny_gpt2, tiny_mlp
@@ -120,7 +121,7 @@ def test_gpart_theta_hessian_equals_PT_HW_P(kind, case):
     eig_theta, eig_W = torch.linalg.eigvalsh(H_theta), torch.linalg.eigvalsh(H_W)
     assert eig_theta[-1] <= eig_W[-1] + 1e-12 and eig_theta[0] >= eig_W[0] - 1e-12   # Cauchy interlacing
     if kind == "mlp":                                          # Lanczos on the weight-space operator too
-        top_W, _, _ = C.eigsh_operator(hw, D, k=2, tol=0)
+        top_W, _, _ = eigen.eigsh_operator(hw, D, k=2, tol=0)
         np.testing.assert_allclose(top_W, eig_W.numpy()[::-1][:2], rtol=1e-6)
 
 
@@ -244,7 +245,7 @@ def test_lanczos_quadrature_reproduces_moments_and_spectrum():
     _, _, _, obj = mlp_objective("gpart-balanced")
     H = C.hessian(obj).numpy()
     v0 = np.random.default_rng(0).choice([-1.0, 1.0], size=obj.d)
-    a, b = C.lanczos(lambda x: H @ x, v0, m=5)
+    a, b = eigen.lanczos(lambda x: H @ x, v0, m=5)
     T = np.diag(a) + np.diag(b, 1) + np.diag(b, -1)
     rho, S = np.linalg.eigh(T)
     w = S[0] ** 2

@@ -159,6 +159,13 @@ def test_module_is_at_most_500_lines(mod):
     assert n <= MAX_LINES, f"{mod} has {n} lines (limit {MAX_LINES}): split it by concept"
 
 
+@pytest.mark.parametrize("mod", [m for m in MODULES if m != "gpart_edu.envcheck"])
+def test_module_docstring_names_the_notebook_that_teaches_it(mod):
+    doc = ast.get_docstring(ast.parse(MODULES[mod].read_text())) or ""
+    assert doc, f"{mod} has no module docstring"
+    assert "notebook" in doc.lower(), f"{mod}: say which notebook (and section) teaches this module"
+
+
 def test_the_face_does_not_load_the_wings():
     code = ("import sys, gpart_edu; "
             "print(sorted(m for m in sys.modules if m.startswith(('gpart_edu.lab', 'gpart_edu.finetune', "

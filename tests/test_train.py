@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 import gpart_edu as ge
+from gpart_edu import losses
 from gpart_edu.errors import ConfigError
-from gpart_edu.finetune import train
+from gpart_edu.finetune import optim, train
 
 from .conftest import METHOD_CASES, MLP
 
@@ -78,17 +79,17 @@ def test_same_seed_gives_bit_identical_parameters_on_cpu(case):
 
 
 def test_lr_schedules():
-    f = [train.lr_factor(s, 10, 0.2, "linear") for s in range(10)]
+    f = [optim.lr_factor(s, 10, 0.2, "linear") for s in range(10)]
     assert f[:2] == [0.5, 1.0] and f[2] == 1.0 and f[-1] == pytest.approx(1 / 8)
-    c = [train.lr_factor(s, 10, 0.0, "cosine") for s in range(10)]
+    c = [optim.lr_factor(s, 10, 0.0, "cosine") for s in range(10)]
     assert c[0] == 1.0 and c[5] == pytest.approx(0.5) and all(x > y for x, y in zip(c, c[1:]))
-    assert {train.lr_factor(s, 10, 0.0, "constant") for s in range(10)} == {1.0}
+    assert {optim.lr_factor(s, 10, 0.0, "constant") for s in range(10)} == {1.0}
 
 
 def test_history_records_the_schedule_and_separate_head_lr():
     model = make("gpart-balanced")
     cfg = train.TrainConfig(steps=10, lr=1e-2, head_lr=1e-3, warmup=0.2, schedule="linear", progress=False)
-    groups = train.param_groups(model, cfg)
+    groups = optim.param_groups(model, cfg)
     assert [g["name"] for g in groups] == ["theta", "head"] and [g["lr"] for g in groups] == [1e-2, 1e-3]
     hist = train.fit(model, toy_classification(), config=cfg)
     assert hist.lrs[0] == pytest.approx(5e-3) and hist.lrs[1] == pytest.approx(1e-2)
@@ -128,7 +129,7 @@ def test_non_finite_loss_stops_before_the_update():
 
     def loss_fn(m, batch):
         calls.append(1)
-        loss = train.classification_loss(m, batch)
+        loss = losses.classification_loss(m, batch)
         return loss * float("nan") if len(calls) == 4 else loss
 
     hist = train.fit(model, toy_classification(), config=train.TrainConfig(steps=10, progress=False),
@@ -176,11 +177,11 @@ def test_trim_padding_gives_the_same_logits_and_loss():
     mask = (torch.arange(20)[None, :] < lengths[:, None]).long()
     data = {"input_ids": torch.randint(1, 50, (20, 20), generator=g) * mask, "attention_mask": mask,
             "labels": torch.randint(0, 2, (20,), generator=g)}
-    batch = train._take(data, torch.arange(20), "cpu", trim=True)
+    batch = losses.take(data, torch.arange(20), "cpu", trim=True)
     assert batch["input_ids"].shape == (20, int(lengths.max()))
     with torch.no_grad():
         full = clf(**{k: v for k, v in data.items() if k != "labels"}).logits
-        trimmed = train.forward_logits(clf, batch)
+        trimmed = losses.forward_logits(clf, batch)
     assert torch.allclose(full, trimmed, atol=1e-12, rtol=0)
     a, b = train.evaluate(clf, data, 8, trim_padding=False), train.evaluate(clf, data, 8, trim_padding=True)
     assert a["accuracy"] == b["accuracy"] and a["loss"] == pytest.approx(b["loss"], abs=1e-12)

@@ -7,31 +7,25 @@
 The adapter is registered as the submodule ``model.gpart_edu_adapter`` (so ``model.to(...)`` moves theta
 and the projection state, and ``model.parameters()`` yields theta); the targeted layers keep their names
 and parameters, and only their ``forward`` is redirected. ``detach`` undoes all of it.
+Taught in notebooks/00_quickstart.ipynb (sections 2, 5 and 6) and 05 (section 4, merge).
 """
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 
 import torch
 from torch import nn
 
 from ..errors import AttachError, ConfigError
-from .methods import METHODS, Method
+from . import registry
+from .methods import Method
 from .storage import read_adapter, write_adapter
 from .targets import describe, find_targets
 
 ADAPTER_ATTR = "gpart_edu_adapter"
 _PATCH_FLAG = "_gpart_edu_patched"
-ALIASES = {"gpart": "gpart", "unilora": "unilora", "uni-lora": "unilora", "uni_lora": "unilora", "lora": "lora"}
 AUTO_HEADS = ("classifier", "score")  # trainable="auto": HF classification heads
-
-
-def _resolve_method(method) -> str:
-    if not isinstance(method, str) or method.lower() not in ALIASES:
-        raise ConfigError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
-    return ALIASES[method.lower()]
 
 
 class _LayerForward:
@@ -225,10 +219,11 @@ def attach(model: nn.Module, method: str, *, targets="all-linear", trainable="au
     All base parameters are frozen except those of ``trainable`` modules ("auto": HF classification heads
     named classifier/score). theta is created with the dtype/device of the first target's weight. If any
     check fails the model is left untouched.
+    Taught in notebooks/00_quickstart.ipynb, section "2 · Attach GPart to the query and value projections".
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    name = _resolve_method(method)
+    name, options = registry.resolve(method, **config)
     existing = getattr(model, ADAPTER_ATTR, None)
     if existing is not None or any(getattr(m, _PATCH_FLAG, False) for m in model.modules()):
         raise AttachError(
@@ -237,12 +232,7 @@ def attach(model: nn.Module, method: str, *, targets="all-linear", trainable="au
             + "; call adapter.detach() first, or attach to a fresh copy of the model")
     found = find_targets(model, targets)
     tlist = [describe(n, m) for n, m in found]
-    cls = METHODS[name]
-    try:
-        meth = cls(tlist, **config)
-    except TypeError as e:  # unexpected keyword: say which ones are valid
-        valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "targets")]
-        raise ConfigError(f"{name}: {e}; valid options: {', '.join(valid)}") from None
+    meth = registry.build(name, tlist, **options)
     head_params = _trainable_params(model, trainable, {n for n, _ in found})
     ref = found[0][1].weight
     theta = meth.init_theta(dtype=ref.dtype, device=ref.device)
@@ -276,15 +266,21 @@ def attach(model: nn.Module, method: str, *, targets="all-linear", trainable="au
 
 
 def get_adapter(model: nn.Module) -> Adapter | None:
-    """The adapter attached to ``model``, or None."""
+    """The adapter attached to ``model``, or None.
+
+    Taught in notebooks/00_quickstart.ipynb, section "2 · Attach GPart to the query and value projections".
+    """
     return getattr(model, ADAPTER_ATTR, None)
 
 
 def load_adapter(path, model: nn.Module, method: str | None = None, trainable="auto") -> Adapter:
-    """Attach the adapter saved at ``path`` to ``model`` (same base model, same targets) and load theta."""
+    """Attach the adapter saved at ``path`` to ``model`` (same base model, same targets) and load theta.
+
+    Taught in notebooks/00_quickstart.ipynb, section "6 · Reload into a fresh copy of the pretrained model".
+    """
     saved_method, config, saved_targets, theta = read_adapter(path)
-    if method is not None and _resolve_method(method) != saved_method:
-        raise ConfigError(f"{path} holds a {saved_method!r} adapter, not {_resolve_method(method)!r}; "
+    if method is not None and registry.canonical(method) != saved_method:
+        raise ConfigError(f"{path} holds a {saved_method!r} adapter, not {registry.canonical(method)!r}; "
                           f"call load_adapter(path, model) or method={saved_method!r}")
     names = [t.name for t in saved_targets]
     have = dict(model.named_modules())

@@ -12,6 +12,7 @@ Under autocast, the matmuls run in the autocast dtype and the reduction accumula
 Orientation: ``is_linear`` -> nn.Linear, W (out, in), y = x W^T + b; else HF Conv1D, W (in, out), y = x W + b.
 Tested equal to the pure map (``methods.GPart.delta_weights`` and ``reference``) in float64, values and
 gradients, for every assignment and chunk size (tests/test_methods.py, tests/test_reference.py).
+Taught in notebooks/00_quickstart.ipynb, section "4 · Train for a few steps" (what a GPart step runs).
 """
 from __future__ import annotations
 

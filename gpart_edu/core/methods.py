@@ -10,6 +10,7 @@ Math (per target layer l with W_l in R^{out x in}):
     Uni-LoRA  (A_l, B_l)_all = reshape(P theta), P in R^{D_f x d}, D_f = sum_l r(in + out);
               Delta W_l = B_l A_l
     LoRA      (A_l, B_l)_all = reshape(theta) (P = identity);  Delta W_l = (alpha / r) B_l A_l
+Taught in notebooks/02_lora_unilora_geometry.ipynb (the three maps) and 00_quickstart (GPart on MiniLM).
 """
 from __future__ import annotations
 

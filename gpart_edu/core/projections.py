@@ -12,6 +12,7 @@ Three ways of choosing g (``assignment``):
     "multinomial" g(i) ~ Uniform{0..d-1} i.i.d.; empty groups are possible and rejected.
     "hashed"      g(i) = (splitmix64_i(seed) >> 1) mod d, computed on the fly from the position i:
                   no per-weight state, identical for any chunking of the positions and on any device.
+Taught in notebooks/01_isometric_partition.ipynb (sections 1, 2 and 5).
 """
 from __future__ import annotations
 
@@ -74,6 +75,7 @@ def hashed_group_ids(seed: int, start: int, stop: int, d: int, device=None) -> t
 
     id(i) = (mix64(state + (i + 1) * GOLDEN) >>> 1) mod d with state = mix64(seed): the i-th output of a
     SplitMix64 stream. Pure function of (seed, i, d): any chunking of the range gives the same ids.
+    Taught in notebooks/01_isometric_partition.ipynb, section "The empty-group pitfall".
     """
     z = torch.arange(start + 1, stop + 1, dtype=torch.int64, device=device)
     z.mul_(_GOLDEN).add_(_seed_state(seed))
@@ -88,6 +90,7 @@ class PartitionProjection(nn.Module):
     Shapes: ``P(theta)`` maps (d,) -> (D,); ``P.adjoint(v)`` maps (D,) -> (d,).
     State: ``counts`` (d,) int64 always; group ids (D,) int32 for balanced/multinomial (built lazily,
     regenerable from the seed), none for hashed.
+    Taught in notebooks/01_isometric_partition.ipynb, section "1 · Ground truth: D = 12 weights, d = 3 parameters".
     """
 
     def __init__(self, D: int, d: int, seed: int = 0, assignment: str = "balanced",

@@ -8,6 +8,7 @@ For GPart this is d numbers plus a seed: ~4 d bytes plus a header of a few hundr
 safetensors is used because it is a small, well-kept format with a bounds-checked header (no pickle).
 Writes go to a temporary file in the same folder, then ``os.replace``: an interrupted save never leaves
 a partial file under the requested name.
+Taught in notebooks/00_quickstart.ipynb, section "5 · Save: θ and a seed are the whole adapter".
 """
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ len(theta) for adapters, 0 for "head", every non-head weight for "full"), head_p
 held-out evaluation, never the best one seen), loss, adapter_bytes (bytes you ship besides the base model
 and the head: the measured adapter file for adapters, 0 for "head", fp32/dtype bytes of every non-head
 weight for "full"), train_time_s, peak_mem_mb, steps, diverged.
+Taught in notebooks/04 (section b) and 05 (sections 1-2): grids of methods at equal budgets.
 """
 from __future__ import annotations
 
@@ -27,28 +28,34 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..core import registry
 from ..core.adapter import AUTO_HEADS, attach, get_adapter
 from ..errors import ConfigError
 from .train import TrainConfig, classification_loss, fit, set_trainable
 
-BUDGET_KEY = {"gpart": "d", "unilora": "d", "lora": "r"}
+BUDGET_KEY = registry.BUDGET_KEY                # the registry's table (notebook 05 labels budgets with it)
 BASELINES = ("head", "full")
-METHOD_LABELS = {"gpart": "GPart", "unilora": "Uni-LoRA", "lora": "LoRA", "head": "head only",
-                 "full": "full FT"}
+METHOD_LABELS = {**registry.LABELS, "head": "head only", "full": "full FT"}
 RUN_COLUMNS = ("method", "budget", "seed", "params", "head_params", "accuracy", "loss", "adapter_bytes",
                "train_time_s", "peak_mem_mb", "steps", "diverged")
 SUMMARY_COLUMNS = ("method", "budget", "params", "n_seeds", "accuracy_mean", "accuracy_std",
                    "adapter_bytes", "train_time_s", "peak_mem_mb")
 
 
-def _check_method(method: str, budget) -> None:
+def _check_method(method: str, budget) -> str:
+    """Return the canonical name of ``method`` (a baseline or a registry method); ConfigError for a bad pair."""
     if method in BASELINES:
         if budget is not None:
             raise ConfigError(f"baseline {method!r} takes no budget; use budget None")
-    elif method not in BUDGET_KEY:
-        raise ConfigError(f"unknown method {method!r}; choose from {', '.join([*BUDGET_KEY, *BASELINES])}")
-    elif budget is None:
-        raise ConfigError(f"{method!r} needs a budget ({BUDGET_KEY[method]}=...)")
+        return method
+    try:
+        name = registry.canonical(method)
+    except ConfigError:
+        raise ConfigError(f"unknown method {method!r}; choose from {', '.join([*registry.NAMES, *BASELINES])}") \
+            from None
+    if budget is None:
+        raise ConfigError(f"{method!r} needs a budget ({BUDGET_KEY[name]}=...)")
+    return name
 
 
 def prepare(model, method: str, budget=None, *, seed: int = 0, targets="all-linear", heads=AUTO_HEADS,
@@ -57,15 +64,15 @@ def prepare(model, method: str, budget=None, *, seed: int = 0, targets="all-line
 
     Adapters are attached with ``seed`` (the head stays trainable); baselines set requires_grad.
     """
-    _check_method(method, budget)
-    if method in BASELINES:
+    name = _check_method(method, budget)
+    if name in BASELINES:
         set_trainable(model, method, heads=heads)
         if method == "head":
             return 0
         return sum(p.numel() for n, p in model.named_parameters() if not _in_head(n, heads))
     trainable = "auto" if tuple(heads) == AUTO_HEADS else heads
-    adapter = attach(model, method, targets=targets, seed=seed, trainable=trainable,
-                     **{BUDGET_KEY[method]: budget}, **method_kwargs)
+    adapter = attach(model, name, targets=targets, seed=seed, trainable=trainable,
+                     **{BUDGET_KEY[name]: budget}, **method_kwargs)
     return adapter.num_trainable
 
 
@@ -107,7 +114,10 @@ def run_one(make_model, method: str, budget, seed: int, train, eval_data, config
 
 
 def lr_pair(lrs: dict, method: str, budget) -> tuple:
-    """(lr, head_lr) for (method, budget) from ``lrs`` (see ``run_grid``); (None, None) when absent."""
+    """(lr, head_lr) for (method, budget) from ``lrs`` (see ``run_grid``); (None, None) when absent.
+
+    Taught in notebooks/05_transformer_finetuning.ipynb, section "4 · Merge for inference: identical predictions".
+    """
     spec = lrs.get(method, (None, None))
     if callable(spec):
         spec = spec(budget)
@@ -137,6 +147,8 @@ def run_grid(make_model, grid, seeds, train, eval_data, config: TrainConfig, *, 
     ``method_kwargs[method]`` adds attach options (e.g. {"r": 4} for Uni-LoRA, {"alpha": 8} for LoRA).
     ``cache``: a .jsonl file; runs already there with the same settings (and ``tag``, e.g. the data set
     name) are read back instead of re-run, and new runs are appended, so an interrupted grid resumes.
+    Taught in notebooks/04_toy_to_small_finetuning.ipynb,
+    section "(b) MNIST-5k: pretrain on digits 0–4, fine-tune to digits 5–9".
     """
     grid = [(m, list(bs)) for m, bs in grid]
     for m, bs in grid:
@@ -237,7 +249,11 @@ def _std(xs):
 
 
 def summarize(rows, metric: str = "accuracy") -> Table:
-    """One row per (method, budget) in first-seen order: ``metric`` mean and sample std over seeds, etc."""
+    """One row per (method, budget) in first-seen order: ``metric`` mean and sample std over seeds, etc.
+
+    Taught in notebooks/04_toy_to_small_finetuning.ipynb,
+    section "(b) MNIST-5k: pretrain on digits 0–4, fine-tune to digits 5–9".
+    """
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["method"], r["budget"]), []).append(r)
@@ -256,6 +272,9 @@ def summarize(rows, metric: str = "accuracy") -> Table:
 
 
 def budget_to_reach(summary, method: str, target: float, metric: str = "accuracy") -> dict | None:
-    """The smallest-parameter row of ``method`` whose mean ``metric`` is >= ``target`` (None if none)."""
+    """The smallest-parameter row of ``method`` whose mean ``metric`` is >= ``target`` (None if none).
+
+    Taught in notebooks/05_transformer_finetuning.ipynb, section "1 · MiniLM on election tweets".
+    """
     ok = [r for r in summary if r["method"] == method and r[f"{metric}_mean"] >= target]
     return min(ok, key=lambda r: r["params"]) if ok else None

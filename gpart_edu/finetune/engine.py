@@ -11,12 +11,15 @@ optimizer step (fp32 gradients), measured with a counting communication hook and
 Buffers (the partition's counts / ids) are regenerated from the seed on every process and never broadcast.
 Checkpoints (``out/checkpoints/checkpoint-N``) hold only the trainable tensors (theta + head) plus the
 optimizer, scheduler, RNG and Trainer state, so ``--resume`` continues the step count exactly.
+Optimisation (``RunConfig``'s lr, head_lr, weight decays, warm-up, schedule, clipping) is ``optim.OptimConfig``,
+the notebooks' ``train.fit`` settings: the same AdamW groups and the same learning rate at every step.
 """
 from __future__ import annotations
 
 import json
 import os
 import resource
+import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -25,6 +28,7 @@ import torch
 from safetensors.torch import load_file
 
 from .. import assets
+from ..core import registry
 from ..core.adapter import attach, load_adapter
 from ..core.targets import resolve_targets
 from ..errors import ConfigError
@@ -32,17 +36,22 @@ from . import recipes, train
 from . import tasks as tasklib
 from .gsm8k import gsm8k_accuracy
 from .hf_trainer import monitor, rank_spread, trainer_class
-from .optim import allreduce_bytes
-from .results import collect_evals, write_outputs
+from .optim import OptimConfig, allreduce_bytes
+from .results import RunOutcome, collect_evals, write_outputs
 
-ADAPTER_METHODS = ("gpart", "unilora", "lora")
+ADAPTER_METHODS = registry.NAMES
 METHODS = ADAPTER_METHODS + ("head", "full")
-SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
 
-@dataclass
-class RunConfig:
-    """Everything one fine-tuning run needs; ``from_recipe`` fills it with a recipe's values."""
+@dataclass(kw_only=True)
+class RunConfig(OptimConfig):
+    """Describe one fine-tuning run; ``from_recipe`` fills it with a recipe's values. Taught in 06_full_scale.
+
+    The optimisation fields (lr, head_lr, weight_decay, head_weight_decay, warmup, schedule, grad_clip) are
+    ``optim.OptimConfig``'s, shared with the notebooks' ``train.TrainConfig``: the same AdamW groups and the
+    same per-step learning rates (``optim.lr_factor``). ``head_weight_decay`` None decays the head like theta
+    (``weight_decay``). Keyword-only.
+    """
 
     model: str = "minilm"
     task: str = "tweets"
@@ -53,22 +62,16 @@ class RunConfig:
     assignment: str = "balanced"
     targets: tuple | str = ("query", "value")
     seed: int = 0
-    lr: float = 5e-3
-    head_lr: float | None = None
-    weight_decay: float = 0.0
     batch_size: int = 16                     # global batch (all processes, all accumulation steps)
     per_device_batch_size: int | None = None  # None: batch_size / processes, no accumulation
     grad_accum: int | None = None            # or: accumulation steps (per-device batch follows)
     eval_batch_size: int = 64
-    warmup: float = 0.06
-    schedule: str = "linear"
     epochs: float | None = None
     steps: int | None = None
     dropout: float | None = None
     max_length: int | None = 128
     bf16: bool | None = None                 # None: on when CUDA supports it
     device: str = "auto"                     # auto | cpu | cuda
-    grad_clip: float | None = 1.0
     max_train: int | None = None
     max_eval: int | None = None
     eval_steps: int | None = None
@@ -84,6 +87,7 @@ class RunConfig:
 
     @classmethod
     def from_recipe(cls, name: str, **overrides) -> "RunConfig":
+        """Build the RunConfig of recipe ``name`` (``recipes.get``); non-None ``overrides`` replace its values."""
         r = recipes.get(name)
         base = dict(model=r.model, task=r.task, method=r.method, targets=tuple(r.targets), lr=r.lr,
                     head_lr=r.head_lr, weight_decay=r.weight_decay, batch_size=r.batch_size,
@@ -97,23 +101,28 @@ class RunConfig:
             base["per_device_batch_size"] = None
         return cls(**base)
 
+    def method_options(self) -> dict:
+        """Return the adapter options this config sets for its method (None and other methods' options left out).
+
+        What ``prepare`` attaches with, through the method registry (runs of notebooks/06_full_scale.ipynb)."""
+        return registry.accepted(self.method, d=self.d, r=self.r, alpha=self.alpha, assignment=self.assignment,
+                                 seed=self.seed)
+
     def validate(self) -> None:
+        """Raise ConfigError naming the field and the fix when the run cannot work as configured."""
         if self.method not in METHODS:
             raise ConfigError(f"method {self.method!r}; choose one of {', '.join(METHODS)}")
         tasklib.get(self.task)
-        if self.method in ("gpart", "unilora") and self.d is None:
-            raise ConfigError(f"method {self.method} needs d (the length of theta), e.g. d=23040")
+        if self.method in ADAPTER_METHODS:
+            registry.resolve(self.method, **self.method_options())  # names a missing budget (d)
         if (self.steps is None) == (self.epochs is None):
             raise ConfigError("give exactly one of steps (optimizer steps) or epochs")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        if not 0 <= self.warmup < 1:
-            raise ConfigError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+        super().validate()
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device {self.device!r}; choose auto, cpu or cuda")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device 'cuda' requested but torch.cuda.is_available() is False; use --device cpu")
-        for name in ("lr", "batch_size", "eval_batch_size", "logging_steps"):
+        for name in ("batch_size", "eval_batch_size", "logging_steps"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
 
@@ -192,22 +201,18 @@ def prepare(model, cfg: RunConfig):
     """Attach the adapter (gpart / unilora / lora) or set the baseline's trainable set (head / full)."""
     if cfg.method in ADAPTER_METHODS:
         names = [n for n, _ in resolve_targets(model, cfg.targets)]
-        kw = {"seed": cfg.seed}
-        if cfg.method in ("gpart", "unilora"):
-            kw["d"] = cfg.d
-            if cfg.assignment != "balanced" or cfg.method == "gpart":
-                kw["assignment"] = cfg.assignment
-        if cfg.method in ("unilora", "lora") and cfg.r is not None:
-            kw["r"] = cfg.r
-        if cfg.method == "lora" and cfg.alpha is not None:
-            kw["alpha"] = cfg.alpha
-        return attach(model, cfg.method, targets=names, **kw)
+        return attach(model, cfg.method, targets=names, **cfg.method_options())
     train.set_trainable(model, cfg.method)
     return None
 
 
 def run(cfg: RunConfig, out, extra: dict | None = None) -> dict:
-    """Fine-tune per ``cfg``; write results.json, the adapter (+ head) and summary.md into ``out``."""
+    """Fine-tune per ``cfg``; write results.json, the adapter (+ head) and summary.md into ``out``.
+
+    Trainer runs the loop (data parallel, accumulation, bf16, checkpoints); ``GPartTrainer`` installs the AdamW
+    groups and the learning-rate schedule of ``optim`` (the same per-step rates as ``train.fit``). Taught in
+    notebooks/06_full_scale.ipynb.
+    """
     from transformers import TrainingArguments
     cfg.validate()
     out = Path(out)
@@ -238,8 +243,10 @@ def run(cfg: RunConfig, out, extra: dict | None = None) -> dict:
     save_strategy = "steps" if cfg.save_steps else ("epoch" if by_epoch else "no")
     args = TrainingArguments(
         output_dir=str(ckpt_dir), per_device_train_batch_size=per_device, gradient_accumulation_steps=accum,
+        # AdamW groups and the learning-rate schedule are GPartTrainer's, from cfg (optim): learning_rate and
+        # weight_decay are recorded here only; Trainer's own lr_scheduler_type / warmup_steps are not used
         per_device_eval_batch_size=cfg.eval_batch_size, learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
-        lr_scheduler_type=SCHEDULES[cfg.schedule], warmup_steps=cfg.warmup, max_steps=cfg.steps or -1,
+        max_steps=cfg.steps or -1,
         num_train_epochs=cfg.epochs or 1.0, max_grad_norm=cfg.grad_clip or 0.0, bf16=bf16, use_cpu=use_cpu,
         ddp_backend=("gloo" if use_cpu else None) if world > 1 else None,
         ddp_find_unused_parameters=cfg.method == "full",
@@ -248,10 +255,9 @@ def run(cfg: RunConfig, out, extra: dict | None = None) -> dict:
         save_steps=cfg.save_steps, save_total_limit=2, logging_steps=cfg.logging_steps, report_to="none",
         seed=cfg.seed, disable_tqdm=not cfg.progress, remove_unused_columns=False, label_names=["labels"],
         dataloader_num_workers=cfg.workers, prediction_loss_only=spec.kind in ("lm", "math"))
-    trainer_cls = trainer_class()
-    trainer_cls.gpart_cfg = cfg
-    trainer = trainer_cls(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-                          data_collator=data.collator, compute_metrics=tasklib.compute_metrics(spec))
+    trainer = trainer_class()(gpart_cfg=cfg, model=model, args=args, train_dataset=data.train,
+                              eval_dataset=data.eval, data_collator=data.collator,
+                              compute_metrics=tasklib.compute_metrics(spec))
     if spec.kind not in ("lm", "math"):
         # Classification heads return a per-batch mean loss and ignore Trainer's num_items_in_batch; left on,
         # Trainer would multiply it by the number of processes and skip the accumulation division.
@@ -285,15 +291,19 @@ def run(cfg: RunConfig, out, extra: dict | None = None) -> dict:
         peak, kind = torch.cuda.max_memory_allocated(args.device), "cuda max_memory_allocated"
     else:
         peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS (CPU, lifetime)"
-    info = {"spec": spec, "data": data, "adapter": adapter, "evals": evals, "extra_metrics": extra_metrics,
-            "state": trainer.state, "train_time": train_time, "wall_time": time.perf_counter() - t_start,
-            "peak": peak, "peak_kind": kind, "device": str(args.device), "bf16": bf16, "distributed": dist_info,
-            "resumed_from": resume_from, "model": model, "extra": extra or {}}
-    return write_outputs(out, cfg, info)
+    outcome = RunOutcome(model=model, adapter=adapter, spec=spec, data=data, evals=evals,
+                         extra_metrics=extra_metrics, state=trainer.state, train_time=train_time,
+                         wall_time=time.perf_counter() - t_start, peak_memory_bytes=int(peak), peak_memory_kind=kind,
+                         device=str(args.device), bf16=bf16, distributed=dist_info, resumed_from=resume_from,
+                         command=(extra or {}).get("command", " ".join(sys.argv)))
+    return write_outputs(out, cfg, outcome)
 
 
 def load_finetuned(out, device: str | None = None):
-    """(model, tokenizer, results): the run's base model rebuilt as in training, with its adapter and head."""
+    """(model, tokenizer, results): the run's base model rebuilt as in training, with its adapter and head.
+
+    Taught in notebooks/06_full_scale.ipynb, section "5 · Reload: base model + adapter + head = the same numbers".
+    """
     out = Path(out)
     results = json.loads((out / "results.json").read_text())
     known = {f for f in RunConfig.__dataclass_fields__}

@@ -4,6 +4,7 @@
     gsm8k_accuracy(model, tok, [(question, "42"), ...])        # exact match of the final number
 
 Prompt: "Question: {q}\nAnswer:" followed by the answer and EOS; labels are -100 on the prompt.
+Taught in notebooks/06_full_scale.ipynb, section 3 (the 7B math recipe); runs on a GPU with the hub.
 """
 from __future__ import annotations
 

@@ -1,13 +1,16 @@
 """transformers' Trainer, adapted for gpart_edu: two AdamW groups, theta-sized checkpoints, an all-reduce counter.
 
 Used by ``gpart_edu.engine.run``. ``trainer_class()`` returns a Trainer subclass (transformers is imported
-lazily) that
-* builds AdamW with theta at ``lr`` and every other trainable tensor (the head) at ``head_lr``;
+lazily), constructed as ``GPartTrainer(gpart_cfg=run_config, model=..., args=..., ...)``, that
+* builds AdamW with theta at ``lr`` and every other trainable tensor (the head) at ``head_lr``
+  (``optim.build_optimizer``), and the learning-rate schedule of ``train.fit`` (``optim.build_scheduler``, a
+  LambdaLR over ``optim.lr_factor``) instead of Trainer's ``get_scheduler``;
 * saves checkpoints as ``trainable.safetensors`` -- theta + head only, not the frozen base model -- and loads
   them back on ``--resume`` (Trainer adds optimizer, scheduler, RNG and its own state next to it);
 ``monitor()`` is a callback that registers a counting DDP communication hook (bytes all-reduced per step),
 prints each evaluation, and stops (with a checkpoint) at ``stop_after_steps``; ``rank_spread()`` measures
 how far theta differs between processes at the end (0.0 when data parallelism worked).
+Taught in notebooks/06_full_scale.ipynb, sections 4 and 6 (the engine, data parallel).
 """
 from __future__ import annotations
 
@@ -20,28 +23,44 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 from ..core.adapter import get_adapter
 from ..errors import ConfigError
-from . import train
-from .optim import trainable_state
+from .optim import OptimConfig, build_optimizer, build_scheduler, trainable_state
 
 TRAINABLE_FILE = "trainable.safetensors"
 
 
 def trainer_class():
+    """Return the ``GPartTrainer`` class (a transformers ``Trainer`` subclass; transformers loads here).
+
+    Build it as ``GPartTrainer(gpart_cfg=cfg, model=..., args=..., ...)`` with ``cfg`` an ``optim.OptimConfig``
+    (``engine.RunConfig``). Taught in notebooks/06_full_scale.ipynb.
+    """
     from transformers import Trainer
 
-
     class GPartTrainer(Trainer):
-        """Trainer with two AdamW groups (theta at lr, head at head_lr) and theta-sized checkpoints."""
+        """Run Trainer with gpart_edu's optimisation (the AdamW groups and learning-rate schedule of
+        ``optim``, as in ``train.fit``) and theta-sized checkpoints."""
 
-        gpart_cfg = None          # the engine's RunConfig, set before instantiation
+        def __init__(self, *args, gpart_cfg: OptimConfig, **kwargs):
+            if not isinstance(gpart_cfg, OptimConfig):
+                raise ConfigError(f"GPartTrainer(gpart_cfg=...) takes an OptimConfig such as engine.RunConfig, "
+                                  f"got {type(gpart_cfg).__name__}")
+            self.gpart_cfg = gpart_cfg
+            super().__init__(*args, **kwargs)
 
         def create_optimizer(self, model=None):
+            """Build AdamW over ``optim.param_groups``: theta at lr / weight_decay, the head at head_lr /
+            head_weight_decay."""
             if self.optimizer is None:
-                c = self.gpart_cfg
-                tc = train.TrainConfig(lr=c.lr, head_lr=c.head_lr, weight_decay=c.weight_decay,
-                                       head_weight_decay=c.weight_decay)
-                self.optimizer = torch.optim.AdamW(train.param_groups(self.model, tc), betas=(0.9, 0.999), eps=1e-8)
+                self.optimizer = build_optimizer(self.model, self.gpart_cfg)   # the unwrapped model: its adapter
             return self.optimizer
+
+        def create_scheduler(self, num_training_steps: int, optimizer=None):
+            """Install ``optim.build_scheduler`` (LambdaLR over ``optim.lr_factor``) for ``num_training_steps``
+            optimizer steps: the per-step learning rates of ``train.fit``. Trainer saves and restores its state."""
+            if self.lr_scheduler is None:
+                self.lr_scheduler = build_scheduler(optimizer or self.optimizer, self.gpart_cfg, num_training_steps)
+                self._created_lr_scheduler = True
+            return self.lr_scheduler
 
         def _save(self, output_dir=None, state_dict=None):
             if not self.args.should_save:

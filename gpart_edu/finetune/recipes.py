@@ -18,6 +18,7 @@ the GPart recipe's optimisation settings (``notes`` says so: tune the lr before 
 Dropout: gpart_edu has no separate adapter-input dropout (GPart runs one matmul with W0 + Delta W), so
 ``dropout`` is applied as the model's own hidden/attention dropout (RoBERTa's default is 0.1 anyway).
 ``batch_size`` is the global batch; the engine derives gradient accumulation from the number of processes.
+Taught in notebooks/06_full_scale.ipynb, sections 1 and 2 (the recipes, their cost).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..core.methods import METHODS
+from ..core import registry
 from ..core.targets import describe, resolve_targets
 from ..errors import ConfigError
 
@@ -177,7 +178,10 @@ def names(family: str | None = None) -> list[str]:
 
 
 def get(name: str) -> Recipe:
-    """A copy of the named recipe (edit it freely); unknown names raise with the close matches."""
+    """A copy of the named recipe (edit it freely); unknown names raise with the close matches.
+
+    Taught in notebooks/06_full_scale.ipynb, section "1 · The recipes".
+    """
     if name not in RECIPES:
         close = difflib.get_close_matches(name, RECIPES, n=5)
         raise ConfigError(f"unknown recipe {name!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
@@ -239,17 +243,13 @@ def cost(recipe: Recipe, world_size: int = 1, config=None) -> dict:
     fp32 parameters). A ring all-reduce moves 2 (N-1)/N times that per process. Memory: fp32 weights +
     fp32 gradients and two AdamW moments of the trainable tensors (activations not included: they depend
     on batch and sequence length), and GPart's transient weight gradient of its largest target layer.
+    Taught in notebooks/06_full_scale.ipynb, section "2 · What a recipe costs".
     """
     model = meta_model(recipe, config)
     n_model = sum(p.numel() for p in model.parameters())
     targets = [describe(n, m) for n, m in resolve_targets(model, recipe.targets)]
     D = sum(t.numel for t in targets)
-    if recipe.method == "gpart":
-        n_theta = recipe.method_config["d"]
-    elif recipe.method == "unilora":
-        n_theta = recipe.method_config["d"]
-    else:
-        n_theta = METHODS["lora"](targets, r=recipe.method_config["r"]).num_params
+    n_theta = registry.num_params(recipe.method, targets, **recipe.method_config)
     head = sum(p.numel() for n, p in model.named_parameters()
                if n.split(".")[0] in ("classifier", "score")) if recipe.head_lr is not None else 0
     trainable = n_theta + head
@@ -280,7 +280,9 @@ def estimate_gpu_hours(recipe: Recipe, n_train: int | None = None, tokens_per_ex
 
     FLOPs per token ~ 4 N + 2 D (forward 2N, input gradients 2N, weight gradients of the adapted layers 2D;
     GPart needs the full weight gradient of its targets), times tokens = examples x tokens x epochs, divided
-    by peak x utilisation (default: 989 TFLOP/s dense bf16, an H100/H200, at 30 %)."""
+    by peak x utilisation (default: 989 TFLOP/s dense bf16, an H100/H200, at 30 %).
+    Taught in notebooks/06_full_scale.ipynb, section "Expected GPU time — an estimate, not a measurement".
+    """
     n_train = TRAIN_EXAMPLES[recipe.task] if n_train is None else n_train
     tokens = TOKENS_PER_EXAMPLE[recipe.task] if tokens_per_example is None else tokens_per_example
     c = cost(recipe, config=config)

@@ -8,20 +8,22 @@
     out/checkpoints/         Trainer checkpoints (trainable tensors + optimizer/scheduler/RNG state)
 
     model, tokenizer, results = engine.load_finetuned("out")   # the base model + the saved adapter and head
+Taught in notebooks/06_full_scale.ipynb, sections 4 and 5 (a run's folder, reloading it).
 """
 from __future__ import annotations
 
 import json
 import math
 import platform
-import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
 from ..core.adapter import ADAPTER_ATTR
+from ..losses import evaluate
 from ..runtime import versions as base_versions
 from .optim import allreduce_bytes, trainable_state
 from .train import History
@@ -53,7 +55,10 @@ def train_log(log_history) -> list[dict]:
 
 
 def as_history(results: dict):
-    """A ``train.History`` of a run (per-step losses need ``logging_steps=1``), for ``plots.plot_history``."""
+    """A ``train.History`` of a run (per-step losses need ``logging_steps=1``), for ``plots.plot_history``.
+
+    Taught in notebooks/06_full_scale.ipynb, section "4 · The same code path, here".
+    """
     return History(config=results["config"], losses=[x["loss"] for x in results["train_log"]],
                    lrs=[x.get("learning_rate", 0.0) for x in results["train_log"]], evals=list(results["evals"]),
                    wall_time=results["train_time_s"], peak_memory_bytes=results["peak_memory_bytes"],
@@ -82,11 +87,37 @@ def versions() -> dict:
     return out
 
 
-def write_outputs(out: Path, cfg, info: dict) -> dict:
-    """Write the run's files into ``out`` (rank 0 only); returns the results dict."""
+@dataclass
+class RunOutcome:
+    """Hold what a finished ``engine.run`` hands to ``write_outputs``: the trained model and what was measured.
+
+    Taught in notebooks/06_full_scale.ipynb (the files a run writes).
+    """
+
+    model: torch.nn.Module                # the trained model (adapter attached, or the baseline)
+    adapter: Any                          # core.adapter.Adapter, or None for the head / full baselines
+    spec: Any                             # tasks.TaskSpec
+    data: Any                             # tasks.TaskData (train / eval datasets)
+    evals: list                           # collect_evals(...) of the Trainer log: [{step, loss, <metrics>}]
+    state: Any                            # transformers.TrainerState after training (log history, steps)
+    train_time: float                     # seconds in trainer.train
+    wall_time: float                      # seconds of the whole run (loading included)
+    peak_memory_bytes: int
+    peak_memory_kind: str                 # how the peak was measured
+    device: str
+    bf16: bool
+    distributed: dict                     # world size, backend, batch split, all-reduce bytes and calls
+    resumed_from: str | None = None       # the checkpoint folder a --resume continued from
+    extra_metrics: dict = field(default_factory=dict)   # e.g. GSM8K accuracy; merged into "final"
+    command: str = ""                     # the command line recorded in results.json
+
+
+def write_outputs(out: Path, cfg, run: RunOutcome) -> dict:
+    """Write the run's files into ``out`` (rank 0 only) from ``cfg`` (engine.RunConfig) and ``run``; return the
+    results dict (what results.json holds). Taught in notebooks/06_full_scale.ipynb."""
 
     out.mkdir(parents=True, exist_ok=True)
-    model, adapter, spec, data = info["model"], info["adapter"], info["spec"], info["data"]
+    model, adapter, spec, data = run.model, run.adapter, run.spec, run.data
     state = trainable_state(model)
     files = {"results": "results.json", "summary": "summary.md"}
     if adapter is not None:
@@ -102,13 +133,13 @@ def write_outputs(out: Path, cfg, info: dict) -> dict:
         files["trainable"] = "trainable.safetensors"
     n_model = sum(p.numel() for n, p in model.named_parameters() if not n.startswith(ADAPTER_ATTR))
     n_theta = adapter.num_trainable if adapter is not None else 0
-    evals = info["evals"]
+    evals = run.evals
     if spec.kind in ("lm", "math"):
         for e in evals:
             e["perplexity"] = math.exp(e["loss"]) if e["loss"] < 700 else float("inf")
     final = dict(evals[-1]) if evals else {}
-    final.update(info["extra_metrics"])
-    st = info["state"]
+    final.update(run.extra_metrics)
+    st = run.state
     results = {
         "format": RESULTS_FORMAT, "version": RESULTS_VERSION,
         "config": asdict(cfg),
@@ -122,12 +153,12 @@ def write_outputs(out: Path, cfg, info: dict) -> dict:
         "evals": evals, "final": final, "train_log": train_log(st.log_history),
         "global_step": int(st.global_step), "max_steps": int(st.max_steps), "epochs_done": float(st.epoch or 0.0),
         "stopped_early": bool(cfg.stop_after_steps) and int(st.global_step) < int(st.max_steps),
-        "wall_time_s": info["wall_time"], "train_time_s": info["train_time"],
-        "peak_memory_bytes": int(info["peak"]), "peak_memory_kind": info["peak_kind"],
-        "device": info["device"], "bf16": info["bf16"],
-        "allreduce_bytes_per_step": allreduce_bytes(model), "distributed": info["distributed"],
-        "resumed_from": info["resumed_from"], "versions": versions(), "files": files,
-        "command": info["extra"].get("command", " ".join(sys.argv)),
+        "wall_time_s": run.wall_time, "train_time_s": run.train_time,
+        "peak_memory_bytes": int(run.peak_memory_bytes), "peak_memory_kind": run.peak_memory_kind,
+        "device": run.device, "bf16": run.bf16,
+        "allreduce_bytes_per_step": allreduce_bytes(model), "distributed": run.distributed,
+        "resumed_from": run.resumed_from, "versions": versions(), "files": files,
+        "command": run.command,
     }
     results = _finite(results)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -158,23 +189,19 @@ def summary_markdown(r: dict) -> str:
     if extra:
         lines += ["", "GSM8K: " + ", ".join(f"{k} {_fmt(v)}" for k, v in extra.items())]
     lines += ["", "Files: " + ", ".join(f"`{f}`" for f in r["files"].values()),
-              "", "Reload: `from gpart_edu.finetune.engine import load_finetuned; model, tok, res = load_finetuned(DIR)`", ""]
+              "", "Reload: `from gpart_edu.finetune.engine import load_finetuned; "
+                  "model, tok, res = load_finetuned(DIR)`", ""]
     return "\n".join(lines)
 
 
-@torch.no_grad()
 def evaluate_model(model, data, batch_size: int = 64) -> dict:
-    """Mean loss (weighted by batch size, as Trainer) and accuracy of ``model`` on ``data.eval``."""
+    """Return the held-out loss (and accuracy) of ``model`` on ``data.eval`` as the Trainer reports them.
+
+    Batches as the Trainer forms them (a DataLoader with the task's collator), the model's own ``.loss`` (cross-
+    entropy, MSE for a regression head, the LM loss), weighted by batch size; accuracy for a classification head
+    (logits with more than one column). Goes through ``losses.evaluate``. Notebook: 06_full_scale.
+    """
     from transformers import default_data_collator
     loader = torch.utils.data.DataLoader(data.eval, batch_size=batch_size,
                                          collate_fn=data.collator or default_data_collator)
-    dev = next(model.parameters()).device
-    tot, n, correct = 0.0, 0, 0
-    for batch in loader:
-        batch = {k: v.to(dev) for k, v in batch.items()}
-        outp = model(**batch)
-        bs = len(batch["labels"])
-        tot, n = tot + float(outp.loss) * bs, n + bs
-        if outp.logits.dim() == 2 and outp.logits.shape[-1] > 1:
-            correct += int((outp.logits.argmax(-1) == batch["labels"]).sum())
-    return {"loss": tot / n, "accuracy": correct / n}
+    return evaluate(model, loader, loss_fn="model")

@@ -8,6 +8,7 @@ training, GSM8K test for evaluation). ``dataset_path=DIR`` loads an online task 
 instead (``datasets.load_from_disk`` output, or a folder of train/validation/test .jsonl/.csv/.parquet
 files with the task's columns) -- the same code path, and how the tests exercise it offline.
 Every example is a dict of tensors (input_ids / pixel_values, labels); ``data.collator`` batches them.
+Taught in notebooks/06_full_scale.ipynb, sections 4 and 5 (the offline task behind the CPU recipe).
 """
 from __future__ import annotations
 
@@ -167,7 +168,10 @@ def tokenize_rows(tokenizer, texts, labels, max_length, pairs=None, float_labels
 def load(name: str, *, tokenizer=None, image_size: int = 224, channels: int = 3, mean=(0.5,) * 3,
          std=(0.5,) * 3, max_length: int | None = 128, max_train: int | None = None,
          max_eval: int | None = None, seed: int = 0, dataset_path: str | None = None) -> TaskData:
-    """Load task ``name`` as datasets for the engine (tokenised / resized for the model at hand)."""
+    """Load task ``name`` as datasets for the engine (tokenised / resized for the model at hand).
+
+    Taught in notebooks/06_full_scale.ipynb, section "5 · Reload: base model + adapter + head = the same numbers".
+    """
     spec = get(name)
     if spec.kind in ("text", "lm", "math") and tokenizer is None:
         raise ConfigError(f"task {name!r} is a {spec.kind} task: pass the model's tokenizer")

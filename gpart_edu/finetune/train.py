@@ -2,9 +2,10 @@
 
     hist = fit(model, train_batch_source, eval_data, config=TrainConfig(steps=300, lr=5e-3, head_lr=5e-3))
 
-* Two parameter groups: the adapter's theta (``lr``) and every other trainable parameter, i.e. a task
-  head or, for full fine-tuning, the whole model (``head_lr``, default ``lr``). AdamW.
-* Warm-up (fraction of steps) then linear / cosine decay or constant; gradient clipping; eval every N.
+* Optimisation as in ``optim`` (shared with the Trainer engine): two AdamW groups, the adapter's theta (``lr``)
+  and every other trainable parameter, i.e. a task head or, for full fine-tuning, the whole model (``head_lr``,
+  default ``lr``); warm-up (fraction of steps) then linear / cosine decay or constant (``optim.lr_factor``);
+  gradient clipping. Evaluation every N steps.
 * Weight decay on theta: for GPart ||Delta W|| = ||theta||, so decaying theta decays Delta W towards the
   pretrained weights.
 * Seeded, deterministic on CPU (same seed -> bit-identical theta); CUDA when available; optional bf16
@@ -27,25 +28,27 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..core.adapter import ADAPTER_ATTR, AUTO_HEADS, get_adapter
+from .. import losses
+from ..core.adapter import AUTO_HEADS, get_adapter
 from ..errors import ConfigError
-from ..losses import classification_loss, cross_entropy, forward_logits, labels
+from ..losses import classification_loss, cross_entropy, forward_logits, labels, n_examples, take
 from ..runtime import device as pick_device
+from .optim import OptimConfig, build_optimizer, build_scheduler
 
-SCHEDULES = ("linear", "cosine", "constant")
 
+@dataclass(kw_only=True)
+class TrainConfig(OptimConfig):
+    """Configure one ``fit`` run: the shared optimisation settings (``optim.OptimConfig``: lr, head_lr,
+    weight_decay, head_weight_decay, warmup, schedule, grad_clip) plus the loop's own (steps, batches,
+    evaluation, device). Taught in notebooks 00_quickstart, 04 and 05.
 
-@dataclass
-class TrainConfig:
+    Keyword-only. The head's weight decay defaults to 0.0 here (decay theta, i.e. Delta W, not the head);
+    ``engine.RunConfig`` leaves it None (= weight_decay).
+    """
+
+    head_weight_decay: float | None = 0.0
     steps: int = 100
     batch_size: int = 16
-    lr: float = 5e-3                 # theta (or, without an adapter, every trainable parameter)
-    head_lr: float | None = None     # other trainable parameters (task head); None -> lr
-    weight_decay: float = 0.0        # on theta
-    head_weight_decay: float = 0.0
-    warmup: float = 0.06             # fraction of steps with linear warm-up
-    schedule: str = "linear"
-    grad_clip: float | None = 1.0
     eval_every: int = 0              # 0: evaluate only before and after training
     eval_batch_size: int = 64
     seed: int = 0
@@ -56,18 +59,12 @@ class TrainConfig:
     trim_padding: bool = True        # drop columns every sequence of a batch masks out
 
     def validate(self) -> None:
+        """Raise ConfigError naming the field and the fix when a setting is out of range."""
         for name in ("steps", "batch_size", "eval_batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"TrainConfig.{name} must be an integer >= 1, got {v!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"TrainConfig.lr must be a finite number > 0, got {self.lr!r}")
-        if self.head_lr is not None and not (self.head_lr > 0 and math.isfinite(self.head_lr)):
-            raise ConfigError(f"TrainConfig.head_lr must be > 0 or None, got {self.head_lr!r}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"TrainConfig.schedule={self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        if not 0 <= self.warmup < 1:
-            raise ConfigError(f"TrainConfig.warmup is a fraction of steps in [0, 1), got {self.warmup!r}")
+        super().validate()
         if self.eval_every < 0:
             raise ConfigError(f"TrainConfig.eval_every must be >= 0, got {self.eval_every!r}")
 
@@ -101,69 +98,26 @@ class History:
         return [p[0] for p in pts], [p[1] for p in pts]
 
 
-# -------------------------------------------------------------------------------------- batches
-def _n_examples(data) -> int:
-    if isinstance(data, dict):
-        return len(data["labels"])
-    return len(data[0])
-
-
-def _take(data, idx, dev, trim: bool = False):
-    if isinstance(data, dict):
-        batch = {k: v[idx] for k, v in data.items()}
-        mask = batch.get("attention_mask")
-        if trim and mask is not None and mask.dim() == 2:
-            used = mask.any(0).nonzero()
-            keep = int(used.max()) + 1 if len(used) else 1
-            if keep < mask.shape[1]:  # right padding only: columns >= keep are masked for every row
-                batch = {k: (v[:, :keep] if v.dim() == 2 and v.shape[1] == mask.shape[1]
-                             else v) for k, v in batch.items()}
-        return {k: v.to(dev) for k, v in batch.items()}
-    return tuple(v[idx].to(dev) for v in data)
-
-
-def _eval_order(data) -> torch.Tensor:
-    """Evaluation order: by sequence length when there is an attention mask (less padding per batch)."""
-    n = _n_examples(data)
-    if isinstance(data, dict) and data.get("attention_mask") is not None and data["attention_mask"].dim() == 2:
-        return torch.argsort(data["attention_mask"].sum(1), stable=True)
-    return torch.arange(n)
-
-
-@torch.no_grad()
+# ----------------------------------------------------------------------------------- evaluation
 def evaluate(model: nn.Module, data, batch_size: int = 64, loss_fn=classification_loss, dev=None,
              trim_padding: bool = True) -> dict:
-    """Mean loss and accuracy over ``data`` (model put in eval mode, restored afterwards).
+    """Return the mean loss and accuracy of ``model`` as it is over ``data``: what ``fit`` reports.
 
-    With a custom ``loss_fn`` only {"loss"} is returned (mean of the per-batch losses weighted by size).
-    Batches are formed in order of sequence length when there is an attention mask (same sums, less padding).
+    ``losses.evaluate`` (the one evaluator): every module in eval mode, its own train flag restored afterwards;
+    batches in order of sequence length when there is an attention mask (same sums, less padding). With a
+    custom ``loss_fn`` only {"loss"} is returned (example-weighted mean of the batch means).
+    Notebook: 00_quickstart.
     """
-    dev = dev or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    n = _n_examples(data)
-    order = _eval_order(data)
-    tot_loss, correct = 0.0, 0
-    try:
-        for a in range(0, n, batch_size):
-            batch = _take(data, order[a: a + batch_size], dev, trim_padding)
-            y = labels(batch)
-            if loss_fn is not classification_loss:
-                tot_loss += float(loss_fn(model, batch)) * len(y)
-                continue
-            logits = forward_logits(model, batch)
-            tot_loss += float(cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(-1) == y).sum())
-    finally:
-        model.train(was_training)
-    if loss_fn is not classification_loss:
-        return {"loss": tot_loss / n}
-    return {"loss": tot_loss / n, "accuracy": correct / n}
+    return losses.evaluate(model, data, batch_size, loss_fn=loss_fn, device=dev, trim_padding=trim_padding)
 
 
 # ------------------------------------------------------------------------------- causal LM
 def lm_data(blocks: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Training data for a causal LM from (n, T) token blocks: inputs and labels are the same ids."""
+    """Training data for a causal LM from (n, T) token blocks: inputs and labels are the same ids.
+
+    Taught in notebooks/05_transformer_finetuning.ipynb,
+    section "5 · SmolLM2-135M on Grimm tales: held-out perplexity".
+    """
     if blocks.dim() != 2 or torch.is_floating_point(blocks):
         raise ConfigError(f"lm_data expects (n, T) integer token blocks, got {tuple(blocks.shape)} "
                           f"{blocks.dtype}; build them with assets.lm_blocks(tokenizer, texts, block)")
@@ -183,14 +137,18 @@ def causal_lm_loss(model, batch):
 
 @torch.no_grad()
 def evaluate_lm(model: nn.Module, data, batch_size: int = 8, dev=None) -> dict:
-    """Token-mean negative log-likelihood over ``data`` and its perplexity exp(NLL)."""
+    """Token-mean negative log-likelihood over ``data`` and its perplexity exp(NLL).
+
+    Taught in notebooks/05_transformer_finetuning.ipynb,
+    section "5 · SmolLM2-135M on Grimm tales: held-out perplexity".
+    """
     dev = dev or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    n, tot, count = _n_examples(data), 0.0, 0
+    n, tot, count = n_examples(data), 0.0, 0
     try:
         for a in range(0, n, batch_size):
-            batch = _take(data, torch.arange(a, min(n, a + batch_size)), dev)
+            batch = take(data, torch.arange(a, min(n, a + batch_size)), dev)
             tot += float(_lm_nll(model, batch, "sum"))
             count += int((labels(batch)[:, 1:] != -100).sum())
     finally:
@@ -236,35 +194,6 @@ def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def lr_factor(step: int, total: int, warmup: float, schedule: str) -> float:
-    """Multiplier of the base learning rate at ``step`` (0-based) of ``total``."""
-    w = int(round(warmup * total))
-    if step < w:
-        return (step + 1) / w
-    if schedule == "constant":
-        return 1.0
-    frac = (step - w) / max(1, total - w)
-    return 1.0 - frac if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * frac))
-
-
-def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
-    """AdamW groups: theta (lr, weight_decay) and all other trainable parameters (head_lr, head_weight_decay)."""
-    adapter = get_adapter(model)
-    theta = [adapter.theta] if adapter is not None and adapter.theta.requires_grad else []
-    others = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(ADAPTER_ATTR)]
-    if not theta and not others:
-        raise ConfigError("nothing to train: no parameter requires grad; attach an adapter or unfreeze a head")
-    head_lr = cfg.lr if cfg.head_lr is None else cfg.head_lr
-    groups = []
-    if theta:
-        groups.append({"params": theta, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "name": "theta"})
-    if others:
-        lr = head_lr if theta else cfg.lr
-        wd = cfg.head_weight_decay if theta else cfg.weight_decay
-        groups.append({"params": others, "lr": lr, "weight_decay": wd, "name": "head" if theta else "model"})
-    return groups
-
-
 def _rss_bytes() -> int:
     """Current resident set size of this process (Linux /proc; else the lifetime peak)."""
     try:
@@ -287,7 +216,9 @@ def fit(model: nn.Module, train, eval_data=None, *, config: TrainConfig | None =
     ``callback(history, step)`` runs after every step; returning True stops training (live widgets).
     ``eval_fn(model) -> dict`` replaces the default ``evaluate(model, eval_data)``; with a custom
     ``loss_fn`` and no ``eval_fn``, evaluation reports that loss only. A NaN / inf loss stops the run
-    (``history.diverged``) before the optimizer step, so the parameters stay finite.
+    (``history.diverged``) before the optimizer step, so the parameters stay finite. AdamW groups and the
+    learning-rate schedule come from ``optim`` (the Trainer engine's too). Taught in notebooks 00_quickstart,
+    04 and 05.
     """
 
     cfg = config or TrainConfig()
@@ -296,10 +227,9 @@ def fit(model: nn.Module, train, eval_data=None, *, config: TrainConfig | None =
     model.to(dev)
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
-    groups = param_groups(model, cfg)
-    opt = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
-    base_lrs = [grp["lr"] for grp in opt.param_groups]
-    params = [p for grp in groups for p in grp["params"]]
+    opt = build_optimizer(model, cfg)
+    sched = build_scheduler(opt, cfg, cfg.steps)
+    params = [p for grp in opt.param_groups for p in grp["params"]]
     hist = History(config=asdict(cfg), num_trainable=sum(p.numel() for p in params))
     peak_rss = _rss_bytes()
     if dev.type == "cuda":
@@ -312,7 +242,7 @@ def fit(model: nn.Module, train, eval_data=None, *, config: TrainConfig | None =
             model, eval_data, cfg.eval_batch_size, loss_fn=loss_fn, dev=dev, trim_padding=cfg.trim_padding)
         hist.evals.append({"step": step, **metrics})
 
-    n = _n_examples(train)
+    n = n_examples(train)
     order, pos = torch.randperm(n, generator=g), 0
     t0 = time.perf_counter()
     if cfg.eval_at_start:
@@ -323,10 +253,7 @@ def fit(model: nn.Module, train, eval_data=None, *, config: TrainConfig | None =
         if pos + cfg.batch_size > n:
             order, pos = torch.randperm(n, generator=g), 0
         idx, pos = order[pos: pos + cfg.batch_size], pos + cfg.batch_size
-        batch = _take(train, idx, dev, cfg.trim_padding)
-        factor = lr_factor(step, cfg.steps, cfg.warmup, cfg.schedule)
-        for grp, base in zip(opt.param_groups, base_lrs):
-            grp["lr"] = base * factor
+        batch = take(train, idx, dev, cfg.trim_padding)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16 and dev.type == "cuda"):
             loss = loss_fn(model, batch)
         if not torch.isfinite(loss.detach()):
@@ -340,6 +267,7 @@ def fit(model: nn.Module, train, eval_data=None, *, config: TrainConfig | None =
         opt.step()
         hist.losses.append(loss.item())
         hist.lrs.append(opt.param_groups[0]["lr"])
+        sched.step()
         bar.set_postfix(loss=f"{hist.losses[-1]:.4f}")
         if dev.type != "cuda":
             peak_rss = max(peak_rss, _rss_bytes())

@@ -2,7 +2,7 @@
 
     obj = landscape.Objective(model, eval_data)
     Hv = hvp(obj)                          # v (d,) -> H_theta v, torch.func forward-over-reverse
-    c = top_eigenvalues(obj, k=5)          # scipy eigsh (Lanczos) on a LinearOperator; c.eigenvalues ...
+    c = top_eigenvalues(obj, k=5)          # Lanczos (lab.eigen: scipy eigsh) on the HVP; c.eigenvalues ...
     nodes, weights = spectral_density(obj) # stochastic Lanczos quadrature (optional)
 
 Math: for vec(Delta W) = F(theta) with Jacobian J = dF/dtheta and weight-space Hessian H_W at
@@ -10,6 +10,7 @@ W* = W0 + Delta W(theta*):   H_theta = J^T H_W J + sum_k (dL/dW_k) d^2 F_k / dth
 GPart: F(theta) = P theta is linear, so the second term is 0 and H_theta = P^T H_W P exactly.
 LoRA / Uni-LoRA: F is bilinear, the second term is not 0 away from a stationary point of L in W.
 Nothing here mutates the model or theta (all evaluations go through ``Objective.call``).
+Taught in notebooks/03_loss_landscapes.ipynb (sections 1-3, "Curvature ...").
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ import torch
 
 from ..core.projections import as_positive_int
 from ..errors import ConfigError
-from .landscape import THETA_KEY, Objective
+from ..losses import THETA_KEY, call_with
+from . import eigen
+from .landscape import Objective
 
 MODES = ("forward-over-reverse", "double-backward")
 
@@ -43,6 +46,8 @@ def hvp(obj: Objective, theta=None, mode: str = "forward-over-reverse"):
     "forward-over-reverse": jvp of torch.func.grad (one forward-mode pass over the backward graph);
     "double-backward": autograd.grad twice (works where forward-mode AD does not).
     Hugging Face models must use eager attention (SDPA has no second derivative on CPU).
+    Taught in notebooks/03_loss_landscapes.ipynb,
+    section "Curvature of the MLP: Lanczos vs the dense Hessian, and H_θ = Pᵀ H_W P".
     """
     _check_mode(obj, mode)
     t = obj.theta if theta is None else obj.as_theta(theta)
@@ -66,7 +71,10 @@ def hvp(obj: Objective, theta=None, mode: str = "forward-over-reverse"):
 
 
 def gradient(obj: Objective, theta=None) -> torch.Tensor:
-    """Return dL/dtheta at theta (default theta*), over the whole evaluation set."""
+    """Return dL/dtheta at theta (default theta*), over the whole evaluation set.
+
+    Taught in notebooks/03_loss_landscapes.ipynb, section "Curvature at each trained point".
+    """
     t = obj.theta if theta is None else obj.as_theta(theta)
     total = torch.zeros_like(t)
     with obj.eval_mode():
@@ -82,7 +90,10 @@ def dense(matvec, n: int, dtype=torch.float64, device=None) -> torch.Tensor:
 
 
 def hessian(obj: Objective, theta=None, mode: str = "forward-over-reverse") -> torch.Tensor:
-    """Return the dense d x d Hessian H_theta (float64), from d HVPs. For small d only."""
+    """Return the dense d x d Hessian H_theta (float64), from d HVPs. For small d only.
+
+    Taught in notebooks/03_loss_landscapes.ipynb, section "1 · Ground truth: a 2-parameter quadratic".
+    """
     return dense(hvp(obj, theta, mode), obj.d, obj.adapter.theta.dtype, obj.adapter.theta.device)
 
 
@@ -100,6 +111,7 @@ def weight_hvp(obj: Objective, theta=None):
     """Return (v_W -> H_W v_W, D): Hessian of L in the adapted weights at W* = W0 + Delta W(theta*).
 
     vec(W) concatenates the tensors of ``delta_weights`` in order (for GPart: exactly the rows of P).
+    Notebook: 03_loss_landscapes.
     """
     _check_mode(obj, MODES[0])
     t = obj.theta if theta is None else obj.as_theta(theta)
@@ -107,10 +119,9 @@ def weight_hvp(obj: Objective, theta=None):
     params = dict(obj.model.named_parameters())
 
     def loss_w(w, batch):
-        over = {"model." + n: params[n].detach() + w[a:b].view(shape).to(params[n].dtype)
-                for n, shape, a, b in layout}
-        over["model." + THETA_KEY] = t
-        return torch.func.functional_call(obj._wrapped, over, (batch,))
+        over = {n: params[n].detach() + w[a:b].view(shape).to(params[n].dtype) for n, shape, a, b in layout}
+        over[THETA_KEY] = t
+        return call_with(obj.model, over, obj.loss_fn, batch)
 
     def apply(v):
         v = torch.as_tensor(v).to(t)
@@ -174,48 +185,23 @@ class Curvature:
         return self.lambda_max / self.lambda_min
 
 
-def eigsh_operator(matvec, n: int, k: int = 1, which: str = "LA", tol: float = 1e-8, maxiter=None, ncv=None,
-                   seed: int = 0, dtype=torch.float64, device=None):
-    """Run Lanczos (``scipy.sparse.linalg.eigsh``) on a symmetric operator given as a torch matvec.
-
-    Returns (eigenvalues descending (k,), eigenvectors (n, k), number of matvecs). Works for any of
-    ``hvp``, ``weight_hvp``, ``pullback_hvp``; the seeded start vector makes it deterministic.
-    """
-    from scipy.sparse.linalg import LinearOperator, eigsh
-
-    k = as_positive_int(k, "k")
-    if k >= n:
-        raise ConfigError(f"eigsh needs k < d; got k={k}, d={n}: use curvature.hessian(obj) and eigvalsh for tiny d")
-    count = [0]
-
-    def mv(x):
-        count[0] += 1
-        x = torch.as_tensor(np.asarray(x).reshape(-1), dtype=dtype, device=device)
-        return matvec(x).to(torch.float64).cpu().numpy()
-
-    op = LinearOperator((n, n), matvec=mv, dtype=np.float64)
-    v0 = np.random.default_rng(seed).standard_normal(n)
-    vals, vecs = eigsh(op, k=k, which=which, tol=tol, maxiter=maxiter, ncv=ncv, v0=v0)
-    order = np.argsort(vals)[::-1]
-    return vals[order], vecs[:, order], count[0]
-
-
 def top_eigenvalues(obj: Objective, theta=None, k: int = 5, smallest: bool = True, tol: float = 1e-8,
                     maxiter: int | None = None, ncv: int | None = None, seed: int = 0,
                     mode: str = "forward-over-reverse") -> Curvature:
-    """Compute the top-k eigenvalues of H_theta by Lanczos (``scipy.sparse.linalg.eigsh`` on a LinearOperator).
+    """Compute the top-k eigenvalues of H_theta by Lanczos (``eigen.eigsh_operator`` on the HVP).
 
     ``smallest``: also the algebraically smallest eigenvalue (a second eigsh run, which="SA"), for the
     condition estimate. ``tol`` is eigsh's relative accuracy. The start vector is seeded (deterministic).
+    Notebook: 03_loss_landscapes.
     """
     apply = hvp(obj, theta, mode)
     dtype, d = obj.adapter.theta.dtype, obj.d
     opts = dict(tol=tol, maxiter=maxiter, ncv=ncv, seed=seed, dtype=dtype, device=obj.device)
     t0 = time.perf_counter()
-    vals, vecs, n_mv = eigsh_operator(apply, d, k=k, which="LA", **opts)
+    vals, vecs, n_mv = eigen.eigsh_operator(apply, d, k=k, which="LA", **opts)
     lam_min = None
     if smallest:
-        low, _, n_low = eigsh_operator(apply, d, k=1, which="SA", **opts)
+        low, _, n_low = eigen.eigsh_operator(apply, d, k=1, which="SA", **opts)
         lam_min, n_mv = float(low[0]), n_mv + n_low
     meta = {"method": obj.adapter.method.name, "d": d, "k": k, "tol": tol, "mode": mode,
             "n_examples": obj.n_examples, "dtype": str(dtype)}
@@ -223,49 +209,21 @@ def top_eigenvalues(obj: Objective, theta=None, k: int = 5, smallest: bool = Tru
 
 
 # ------------------------------------------------------------------- stochastic Lanczos quadrature
-def lanczos(matvec, v0: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """Run m steps of Lanczos with full reorthogonalisation from v0: (alpha (m,), beta (m-1,)) of T.
-
-    Math: for unit v0, sum_i tau_i^2 rho_i^p = v0^T H^p v0 for p <= 2m - 1, where rho_i are the eigenvalues
-    of the tridiagonal T and tau_i the first components of its eigenvectors (Gauss quadrature).
-    """
-    n = v0.shape[0]
-    m = min(as_positive_int(m, "m"), n)
-    V = np.zeros((m, n))
-    alpha, beta = np.zeros(m), np.zeros(max(m - 1, 0))
-    V[0] = v0 / np.linalg.norm(v0)
-    for j in range(m):
-        w = matvec(V[j])
-        alpha[j] = V[j] @ w
-        w = w - V[: j + 1].T @ (V[: j + 1] @ w)           # full reorthogonalisation (twice is enough)
-        w = w - V[: j + 1].T @ (V[: j + 1] @ w)
-        if j + 1 < m:
-            beta[j] = np.linalg.norm(w)
-            if beta[j] < 1e-12 * max(1.0, abs(alpha[j])):  # invariant subspace found: stop early
-                return alpha[: j + 1], beta[:j]
-            V[j + 1] = w / beta[j]
-    return alpha, beta
-
-
 def spectral_density(obj: Objective, theta=None, m: int = 30, n_probes: int = 3, seed: int = 0,
                      mode: str = "forward-over-reverse") -> tuple[np.ndarray, np.ndarray]:
     """Estimate the eigenvalue density of H_theta by stochastic Lanczos quadrature.
 
     Returns (nodes, weights): a weighted histogram of the nodes estimates the density (weights sum to 1);
-    m Lanczos steps from each of ``n_probes`` Rademacher probes, i.e. m * n_probes HVPs.
+    m Lanczos steps (``eigen.lanczos``) from each of ``n_probes`` Rademacher probes, i.e. m * n_probes HVPs.
+    Notebook: 03_loss_landscapes.
     """
     from scipy.linalg import eigh_tridiagonal
 
     apply = hvp(obj, theta, mode)
-    dtype = obj.adapter.theta.dtype
-
-    def mv(x):
-        return apply(torch.as_tensor(x, dtype=dtype, device=obj.device)).to(torch.float64).cpu().numpy()
-
     rng = np.random.default_rng(seed)
     nodes, weights = [], []
     for _ in range(as_positive_int(n_probes, "n_probes")):
-        a, b = lanczos(mv, rng.choice([-1.0, 1.0], size=obj.d), m)
+        a, b = eigen.lanczos(apply, rng.choice([-1.0, 1.0], size=obj.d), m, obj.adapter.theta.dtype, obj.device)
         rho, S = eigh_tridiagonal(a, b) if len(a) > 1 else (a, np.ones((1, 1)))
         nodes.append(rho)
         weights.append(S[0] ** 2 / n_probes)

@@ -25,7 +25,10 @@ from .maps import F64, as_map, restrict
 
 # -------------------------------------------------------------------------------- Gram, groups
 def gram_residual(obj, theta=None, max_bytes: int = DEFAULT_DENSE_LIMIT_BYTES) -> dict:
-    """||M^T M - I|| (max-abs and Frobenius) in float64, M = P.to_dense() or the dense Jacobian at theta."""
+    """||M^T M - I|| (max-abs and Frobenius) in float64, M = P.to_dense() or the dense Jacobian at theta.
+
+    Taught in notebooks/01_isometric_partition.ipynb, section "2 · Three ways to choose the groups".
+    """
     if hasattr(obj, "to_dense"):
         M = obj.to_dense(F64, max_bytes=max_bytes)
     else:
@@ -58,6 +61,7 @@ def partition_check(P, recount: bool = False, chunk: int = 1 << 24) -> dict:
 
     ``recount`` streams every group id again (in chunks), checks 0 <= id < d and that the bincount equals
     P.counts; without it only the stored counts are used (seconds even for D = 10^8).
+    Taught in notebooks/01_isometric_partition.ipynb, section "2 · Three ways to choose the groups".
     """
     t0 = time.perf_counter()
     counts = P.counts
@@ -77,7 +81,11 @@ def partition_check(P, recount: bool = False, chunk: int = 1 << 24) -> dict:
 
 
 def streamed_norm(P, theta: torch.Tensor, chunk: int = 1 << 22) -> float:
-    """||P theta|| computed in row chunks (never holds the (D,) vector): the isometry check at scale."""
+    """||P theta|| computed in row chunks (never holds the (D,) vector): the isometry check at scale.
+
+    Taught in notebooks/01_isometric_partition.ipynb,
+    section "5 · The check at scale: D = 10⁸ weights, d = 10⁶ parameters, no dense P".
+    """
     total = 0.0
     for a in range(0, P.D, chunk):
         total += P(theta, a, min(P.D, a + chunk)).double().pow(2).sum().item()
@@ -96,6 +104,7 @@ def distance_ratios(obj, n_pairs: int = 100, scale: float = 1.0, seed: int = 0, 
 
     The map runs in ``dtype``; differences and norms are accumulated in float64, so a float32 run shows the
     map's own rounding (~1e-7), not the error of a length-D float32 sum (which grows with D).
+    Taught in notebooks/01_isometric_partition.ipynb, section "3 · Norms and distances, in float64 and float32".
     """
     f = as_map(obj)
     if n_pairs < 1:
@@ -110,7 +119,10 @@ def distance_ratios(obj, n_pairs: int = 100, scale: float = 1.0, seed: int = 0, 
 
 
 def ratio_vs_norm(obj, norms, n_pairs: int = 50, seed: int = 0, dtype=F64) -> dict:
-    """{norm s: ratios at ||x|| = ||y|| = s}; the same pair directions are used for every s."""
+    """{norm s: ratios at ||x|| = ||y|| = s}; the same pair directions are used for every s.
+
+    Taught in notebooks/02_lora_unilora_geometry.ipynb, section "3 · Distance ratios against ‖θ‖".
+    """
     return {float(s): distance_ratios(obj, n_pairs, float(s), seed, dtype) for s in norms}
 
 
@@ -119,6 +131,7 @@ def lora_reparametrize(obj, theta: torch.Tensor, M) -> torch.Tensor:
     """Return theta' with every LoRA layer's (A, B) replaced by (M^{-1} A, B M): same Delta W.
 
     ``obj``: a LoRA Method or an Adapter holding one; ``M``: an invertible r x r matrix (or one per layer).
+    Taught in notebooks/02_lora_unilora_geometry.ipynb, section "2 · LoRA's bilinear map is not identifiable".
     """
     method = getattr(obj, "method", obj)
     if getattr(method, "name", None) != "lora":
@@ -142,6 +155,7 @@ def lora_null_direction(obj, theta: torch.Tensor, dM) -> torch.Tensor:
 
     J(theta) v = 0 for every r x r ``dM`` (one per layer or shared): LoRA's Jacobian has >= r^2 null
     directions per layer at *every* theta, so its smallest singular value is always 0.
+    Taught in notebooks/02_lora_unilora_geometry.ipynb, section "2 · LoRA's bilinear map is not identifiable".
     """
     method = getattr(obj, "method", obj)
     if getattr(method, "name", None) != "lora":
@@ -157,7 +171,10 @@ def lora_null_direction(obj, theta: torch.Tensor, dM) -> torch.Tensor:
 
 
 def lora_b_index(obj) -> torch.Tensor:
-    """Indices into a LoRA theta of every B factor entry (the coordinates the isometric control trains)."""
+    """Indices into a LoRA theta of every B factor entry (the coordinates the isometric control trains).
+
+    Taught in notebooks/02_lora_unilora_geometry.ipynb, section "1 · One MiniLM per method".
+    """
     method = getattr(obj, "method", obj)
     return torch.cat([torch.arange(m, b) for (_, m, b) in method.offsets])
 
@@ -169,6 +186,7 @@ def isometric_lora_control(adapter, seed: int = 0):
     the gradient of the A entries, so AdamW (weight_decay 0) never moves them. Then Delta W_l =
     (alpha/r) B_l A_l is linear and isometric in B (||B Q|| = ||B||) but has rank <= r. Returns
     (FlatMap of B -> vec(Delta W), hook handle); ``handle.remove()`` restores normal training.
+    Taught in notebooks/02_lora_unilora_geometry.ipynb, section "1 · One MiniLM per method".
     """
     method = adapter.method
     if method.name != "lora":

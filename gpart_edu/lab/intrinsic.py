@@ -7,6 +7,7 @@ M is any linear map theta -> (D,). Two are provided, built from torch ops only:
     "gaussian"   a dense Gaussian D x d matrix with unit-norm columns (M^T M = I only approximately,
                  off-diagonals ~ 1/sqrt(D)), the construction of Li et al.
 d90 is the smallest d whose held-out accuracy reaches 90 % of the same network trained directly.
+Taught in notebooks/04_toy_to_small_finetuning.ipynb, section "(c) Intrinsic dimension".
 """
 from __future__ import annotations
 
@@ -45,7 +46,11 @@ class DenseGaussian(nn.Module):
 
 
 def make_projection(kind: str, D: int, d: int, seed: int = 0) -> nn.Module:
-    """A theta -> (D,) map: "partition" (GPart's P) or "gaussian" (dense, unit-norm columns)."""
+    """A theta -> (D,) map: "partition" (GPart's P) or "gaussian" (dense, unit-norm columns).
+
+    Taught in notebooks/04_toy_to_small_finetuning.ipynb,
+    section "(c) Intrinsic dimension: training from scratch in a random subspace".
+    """
     if kind == "partition":
         return PartitionProjection(D, d, seed=seed)
     if kind == "gaussian":
@@ -57,6 +62,8 @@ class SubspaceModel(nn.Module):
     """Wrap ``net``: its parameters become params0 + M theta; theta (d,) is the only trainable tensor.
 
     ``net`` is not modified: params0 is a frozen copy of its parameters at construction.
+    Taught in notebooks/04_toy_to_small_finetuning.ipynb,
+    section "(c) Intrinsic dimension: training from scratch in a random subspace".
     """
 
     def __init__(self, net: nn.Module, projection: nn.Module):
@@ -98,7 +105,10 @@ class SubspaceModel(nn.Module):
 
 def d90(dims, accuracies, baseline: float, fraction: float = 0.9) -> dict:
     """Smallest measured d with accuracy >= fraction * baseline, and a log-linear interpolation between
-    the last d below and the first d above the threshold (None when the threshold is never reached)."""
+    the last d below and the first d above the threshold (None when the threshold is never reached).
+    Taught in notebooks/04_toy_to_small_finetuning.ipynb,
+    section "(c) Intrinsic dimension: training from scratch in a random subspace".
+    """
     pairs = sorted(zip(dims, accuracies))
     threshold = fraction * baseline
     for i, (d, acc) in enumerate(pairs):

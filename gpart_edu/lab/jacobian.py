@@ -3,8 +3,8 @@
 Works on the same maps as ``gpart_edu.geometry`` (Adapter, Method, projection, FlatMap); float64 default.
 
 Math:
-    Singular values of J: dense ``torch.linalg.svdvals`` when D x d fits, otherwise Lanczos (ARPACK
-    ``scipy.sparse.linalg.eigsh``) on the d x d operator J^T J, applied matrix-free as v -> vjp(jvp(v)).
+    Singular values of J: dense ``torch.linalg.svdvals`` when D x d fits, otherwise Lanczos (``lab.eigen``:
+    ARPACK ``scipy.sparse.linalg.eigsh``) on the d x d operator J^T J, applied matrix-free as v -> vjp(jvp(v)).
     sigma = sqrt(lambda(J^T J)), and the bottom-k come from the top of c I - J^T J (c = 1.01 lambda_max), so
     Lanczos resolves singular values down to sqrt(1.01 max(tol, 100 eps)) * sigma_max (1.5e-7 relative in
     float64 at tol = 0); smaller ones are reported as "0 within resolution" (cond = inf). Lanczos finds
@@ -13,6 +13,7 @@ Math:
     Projected step (GPart): dL/dtheta = P^T dL/dW, so an SGD step on theta moves W by
     -lr P P^T g_W: the full fine-tuning step -lr g_W projected onto range(P) (P P^T is an orthogonal
     projector because P^T P = I). For other maps J J^T is not a projector; the same checks measure how far.
+Taught in notebooks/02_lora_unilora_geometry.ipynb, sections 5 (spectra) and 6 (projected step).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import torch
 from ..core.adapter import ADAPTER_ATTR
 from ..errors import AttachError, ConfigError
 from ..losses import classification_loss, with_tensors
+from . import eigen
 from .maps import F64, as_map, linearise
 from .random_projections import check_dense_size
 
@@ -90,36 +92,13 @@ class Spectrum:
                 f"(D={self.D:,}, d={self.d:,}, {self.seconds:.2f} s)")
 
 
-def _extreme_eigenvalues(op, k, tol, maxiter, seed):
-    """k largest eigenvalues of a symmetric operator: ARPACK eigsh; on an ARPACK breakdown (it happens on
-    operators that equal I up to rounding, e.g. P^T P) retry with a larger Krylov space and another start,
-    then fall back to LOBPCG. Returns (eigenvalues, {"count": converged, "solver": ...})."""
-    from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, eigsh, lobpcg
-    d = op.shape[0]
-    for attempt, ncv in enumerate((None, min(d - 1, 4 * k + 1), min(d - 1, 8 * k + 1))):
-        v0 = np.random.default_rng(seed + attempt).standard_normal(d)
-        try:
-            lam = eigsh(op, k=k, which="LA", v0=v0, ncv=ncv, tol=tol, maxiter=maxiter,
-                        return_eigenvectors=False)
-            return lam, {"count": len(lam), "solver": "eigsh"}
-        except ArpackNoConvergence as e:
-            lam = np.asarray(e.eigenvalues)
-            return lam, {"count": len(lam), "solver": "eigsh (stopped early: converged ones kept)"}
-        except ArpackError:
-            continue
-    X = np.random.default_rng(seed).standard_normal((d, k))
-    lam, V = lobpcg(op, X, largest=True, tol=max(tol, 1e-12), maxiter=maxiter or 500)
-    res = np.linalg.norm(op.matmat(V) - V * lam, axis=0)
-    ok = res <= 1e-8 * max(np.abs(lam).max(), 1e-300)
-    return lam[ok], {"count": int(ok.sum()), "solver": "lobpcg (ARPACK broke down)"}
-
-
 def singular_values(obj, theta=None, k: int = 20, dtype=F64, method: str = "auto", tol: float = 0.0,
                     maxiter: int | None = None, seed: int = 0) -> Spectrum:
-    """Top-k and bottom-k singular values of J at theta (all d of them counted, zeros included).
+    """Compute the top-k and bottom-k singular values of J at theta (all d of them counted, zeros included).
 
-    method: "dense" (svdvals of jacfwd's J), "lanczos" (eigsh on J^T J, matrix-free) or "auto" (dense when
-    D x d fits in 64 MiB). Lanczos keeps whatever converged if ARPACK stops early (see ``converged``).
+    method: "dense" (svdvals of jacfwd's J), "lanczos" (``eigen.eigsh_operator`` on J^T J, matrix-free, robust:
+    retries on an ARPACK breakdown) or "auto" (dense when D x d fits in 64 MiB). Lanczos keeps whatever
+    converged if ARPACK stops early (see ``converged``). Notebook: 02_lora_unilora_geometry.
     """
     f = as_map(obj)
     t = f.point(theta, dtype)
@@ -140,18 +119,11 @@ def singular_values(obj, theta=None, k: int = 20, dtype=F64, method: str = "auto
                         resolution=eps * max(D, f.d) * (s[0] if len(s) else 0.0))
     if k >= f.d - 1:
         raise ConfigError(f"Lanczos needs k < d - 1 (k={k}, d={f.d}); use method='dense' for tiny maps")
-    from scipy.sparse.linalg import LinearOperator
     _, d, Jv, JTu = linearise(f, t, dtype)
-    count = [0]
-
-    def gram(v):
-        count[0] += 1
-        x = torch.from_numpy(np.ascontiguousarray(v).reshape(-1)).to(dtype)
-        return JTu(Jv(x)).double().numpy()
-
-    op = LinearOperator((d, d), matvec=gram, dtype=np.float64)
-    lam, top_info = _extreme_eigenvalues(op, k, tol, maxiter, seed)
-    converged = {"top": top_info}
+    gram = eigen.numpy_matvec(lambda x: JTu(Jv(x)), dtype)      # v -> J^T J v, float64 numpy
+    opts = dict(tol=tol, maxiter=maxiter, dtype=None, vectors=False, robust=True)
+    res = eigen.eigsh_operator(gram, d, k, seed=seed, **opts)
+    lam, converged, n_matvec = res.values, {"top": res.converged}, res.n_matvec
     top = np.sort(np.sqrt(np.clip(lam, 0.0, None)))[::-1]
     lam_max = float(lam.max()) if len(lam) else math.nan
     if math.isnan(lam_max):  # nothing converged at the top: no safe shift for the bottom either
@@ -163,12 +135,12 @@ def singular_values(obj, theta=None, k: int = 20, dtype=F64, method: str = "auto
         # into the operator's range, so an exact null space of J^T J itself (LoRA's B = 0 block) is never
         # seen; c I - J^T J has full range. c = 1.01 lambda_max keeps the accuracy at ~eps * lambda_max.
         c = 1.01 * lam_max
-        flipped = LinearOperator((d, d), matvec=lambda v: c * np.asarray(v).reshape(-1) - gram(v), dtype=np.float64)
-        mu, converged["bottom"] = _extreme_eigenvalues(flipped, k, tol, maxiter, seed + 7)
-        bottom = np.sort(np.sqrt(np.clip(c - mu, 0.0, None)))
+        res = eigen.eigsh_operator(lambda v: c * v - gram(v), d, k, seed=seed + 7, **opts)
+        bottom, converged["bottom"], n_matvec = np.sort(np.sqrt(np.clip(c - res.values, 0.0, None))), \
+            res.converged, n_matvec + res.n_matvec
     smax = top[0] if len(top) else math.nan
     return Spectrum(top, bottom, D, d, "lanczos", time.perf_counter() - t0,
-                    resolution=math.sqrt(1.01 * max(tol, 100 * eps)) * smax, n_matvec=count[0],
+                    resolution=math.sqrt(1.01 * max(tol, 100 * eps)) * smax, n_matvec=n_matvec,
                     converged=converged)
 
 
@@ -177,6 +149,7 @@ def singular_value_sample(obj, theta=None, m: int = 256, seed: int = 0, dtype=F6
 
     Built from m products J^T J e_j (matrix-free). By Cauchy interlacing they lie inside
     [sigma_min(J), sigma_max(J)]: a cheap picture of the spread for histograms.
+    Taught in notebooks/02_lora_unilora_geometry.ipynb, section "5 · Jacobian singular values, matrix-free".
     """
     f = as_map(obj)
     t = f.point(theta, dtype)
@@ -206,6 +179,8 @@ def projected_step(adapter, batch, loss_fn=None, lr: float = 1e-2, dtype=None) -
         idempotent   ||J J^T s - s|| / ||s||                       (J J^T is a projector)
     plus the norms and, for GPart, ``P_adjoint`` = ||g_theta - P.adjoint(vec g_W)|| / ||P^T g_W||.
     ``dtype`` (e.g. torch.float64) evaluates the whole model in that precision, still on copies.
+    Taught in notebooks/02_lora_unilora_geometry.ipynb,
+    section "6 · A GPart step is the full fine-tuning step projected onto range(P)".
     """
     model = getattr(adapter, "model", None)
     if model is None:

@@ -5,8 +5,9 @@
     surf = grid(obj, u, v, span=1.0, n=21)                # L(theta* + a u + b v), a, b in [-span, span]
     curve = interpolate(obj, theta_init, theta_trained)   # L((1 - t) theta_a + t theta_b)
 
-Every evaluation goes through ``torch.func.functional_call(model, {"gpart_edu_adapter.theta": t}, ...)``:
-the caller's parameters, theta and train/eval flags are the same bit-for-bit afterwards.
+Every evaluation goes through ``losses.evaluate(model, chunks, theta=t)``, i.e.
+``torch.func.functional_call(model, {"gpart_edu_adapter.theta": t}, ...)``: the caller's parameters, theta and
+train/eval flags are the same bit-for-bit afterwards. Notebook: 03_loss_landscapes.
 
 Direction choices (``Direction.kind``):
     "random-theta"  unit Gaussian vectors in theta-space (seeded, orthonormalised). For GPart the weight
@@ -31,23 +32,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..core.adapter import ADAPTER_ATTR, get_adapter
+from ..core.adapter import get_adapter
 from ..core.projections import as_positive_int
 from ..errors import ConfigError
-from ..losses import classification_loss
-
-THETA_KEY = ADAPTER_ATTR + ".theta"
-
-
-class _LossModule(nn.Module):
-    """Wraps (model, loss_fn) so that functional_call can swap theta for the whole loss computation."""
-
-    def __init__(self, model, loss_fn):
-        super().__init__()
-        self.model, self.loss_fn = model, loss_fn
-
-    def forward(self, batch):
-        return self.loss_fn(self.model, batch)
+from ..losses import THETA_KEY, call_with, classification_loss, eval_mode, evaluate, n_examples, take
 
 
 @dataclass(eq=False, repr=False)
@@ -56,8 +44,10 @@ class Objective:
 
     ``data``: dict of equal-length tensors with "labels", or a tuple (x, y), as in ``train.fit``.
     ``loss_fn(model, batch)`` returns the mean loss of a batch (default ``losses.classification_loss``).
-    The set is cut into chunks of ``batch_size`` examples; L is the example-weighted mean of chunk means.
-    The model runs in eval mode (dropout off); every module's train flag is restored afterwards.
+    The set is cut once into chunks of ``batch_size`` examples, in order and with their padding, on theta's
+    device (a single chunk is the model's own forward, bit for bit); L is the example-weighted mean of chunk
+    means, computed by ``losses.evaluate`` at theta. The model runs in eval mode (dropout off); every module's
+    train flag is restored afterwards. Notebook: 03_loss_landscapes.
     """
 
     model: nn.Module
@@ -72,24 +62,14 @@ class Objective:
         if self.loss_fn is None:
             self.loss_fn = classification_loss
         self.batch_size = as_positive_int(self.batch_size, "batch_size")
-        self._wrapped = _LossModule(self.model, self.loss_fn)
         self.device = self.adapter.theta.device
-        if isinstance(self.data, dict) and self.data:
-            n = len(next(iter(self.data.values())))
-        elif isinstance(self.data, (tuple, list)) and len(self.data) == 2:
-            n = len(self.data[0])
-        else:
-            raise ConfigError(f"data must be a dict of equal-length tensors or a tuple (x, y), got "
-                              f"{type(self.data).__name__}")
+        n = n_examples(self.data)
         if n < 1:
             raise ConfigError("evaluation data is empty; pass at least one example")
         self.n_examples = n
-        self.chunks = []
-        for a in range(0, n, self.batch_size):
-            sl = slice(a, min(n, a + self.batch_size))
-            part = ({k: v[sl].to(self.device) for k, v in self.data.items()} if isinstance(self.data, dict)
-                    else tuple(v[sl].to(self.device) for v in self.data))
-            self.chunks.append((part, (sl.stop - sl.start) / n))
+        bounds = [(a, min(n, a + self.batch_size)) for a in range(0, n, self.batch_size)]
+        self.chunks = [(take(self.data, slice(a, b), self.device), (b - a) / n) for a, b in bounds]
+        self.batches = [batch for batch, _ in self.chunks]   # ready batches for losses.evaluate
 
     def __repr__(self) -> str:
         return (f"Objective(method={self.adapter.method.name}, d={self.d:,}, n_examples={self.n_examples}, "
@@ -113,37 +93,24 @@ class Objective:
         return t.detach().to(dtype=ref.dtype, device=ref.device)
 
     def call(self, theta: torch.Tensor, batch):
-        """Mean loss of one batch at theta (differentiable in theta; torch.func-friendly)."""
-        return torch.func.functional_call(self._wrapped, {"model." + THETA_KEY: theta}, (batch,))
+        """Return the mean loss of one batch at theta (``losses.call_with``: differentiable, torch.func-friendly)."""
+        return call_with(self.model, {THETA_KEY: theta}, self.loss_fn, batch)
 
     def eval_mode(self):
-        return _EvalMode(self.model)
+        """Context: every module in eval mode, each module's own train flag restored on exit."""
+        return eval_mode(self.model)
 
-    @torch.no_grad()
     def loss(self, theta=None) -> float:
-        """L(theta) over the whole evaluation set (theta default: the adapter's own)."""
+        """Return L(theta) over the whole evaluation set (theta default: the adapter's own), via ``losses.evaluate``."""
         t = self.theta if theta is None else self.as_theta(theta)
-        with self.eval_mode():
-            return float(sum(float(self.call(t, b)) * w for b, w in self.chunks))
-
-
-class _EvalMode:
-    """Context: put every module in eval mode; restore each module's own flag on exit."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def __enter__(self):
-        self.flags = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-
-    def __exit__(self, *exc):
-        for m, flag in self.flags:
-            m.training = flag
+        return evaluate(self.model, self.batches, theta=t, loss_fn=self.loss_fn, device=self.device)["loss"]
 
 
 def fingerprint(model: nn.Module) -> str:
-    """Return a sha256 of every state-dict tensor's bytes and requires_grad flag (equal before/after = untouched)."""
+    """Return a sha256 of every state-dict tensor's bytes and requires_grad flag (equal before/after = untouched).
+
+    Taught in notebooks/03_loss_landscapes.ipynb, section "1 · Ground truth: a 2-parameter quadratic".
+    """
     h = hashlib.sha256()
     for k, v in model.state_dict().items():
         h.update(k.encode())
@@ -166,7 +133,10 @@ class Direction:
 
 
 def random_directions(d: int, k: int = 2, seed: int = 0, dtype=torch.float32, device=None) -> list[Direction]:
-    """Draw k orthonormal Gaussian directions in R^d, from ``seed`` only (the same for any method with this d)."""
+    """Draw k orthonormal Gaussian directions in R^d, from ``seed`` only (the same for any method with this d).
+
+    Taught in notebooks/03_loss_landscapes.ipynb, section "1 · Ground truth: a 2-parameter quadratic".
+    """
     d, k = as_positive_int(d, "d"), as_positive_int(k, "k")
     if k > d:
         raise ConfigError(f"cannot draw k={k} orthonormal directions in d={d} dimensions; use k <= d")
@@ -201,6 +171,7 @@ def filter_direction(obj: Objective, theta=None, seed: int = 0, linearize: bool 
     """A filter-normalised weight-space direction pulled back to theta-space with J(theta*)^T (see module doc).
 
     GPart: exact (J = P, u = P^T delta). LoRA / Uni-LoRA: requires ``linearize=True`` (first-order only).
+    Taught in notebooks/03_loss_landscapes.ipynb, section "2 · An MLP on real MNIST digits".
     """
     adapter, method = obj.adapter, obj.adapter.method
     linear = method.name == "gpart"
@@ -267,12 +238,13 @@ def symmetric_coords(span: float, n: int) -> np.ndarray:
 
 
 def _evaluate(obj: Objective, points, total: int, desc: str, progress: bool) -> np.ndarray:
-    """Loss at each theta of the iterable ``points`` (generated lazily: only one (d,) point in memory)."""
+    """Loss at each theta of the iterable ``points`` (generated lazily: only one (d,) point in memory).
 
+    ``Objective.loss`` per point: the chunks stay on the device, one host copy of the losses per point.
+    """
     out = np.empty(total)
-    with torch.no_grad(), obj.eval_mode():
-        for i, t in enumerate(tqdm(points, total=total, desc=desc, disable=not progress, leave=False)):
-            out[i] = sum(float(obj.call(t, b)) * w for b, w in obj.chunks)
+    for i, t in enumerate(tqdm(points, total=total, desc=desc, disable=not progress, leave=False)):
+        out[i] = obj.loss(t)
     return out
 
 
@@ -292,7 +264,10 @@ def _direction(obj: Objective, u) -> tuple[torch.Tensor, dict]:
 
 def interpolate(obj: Objective, theta_a, theta_b, n: int = 25, t_range=(-0.25, 1.25),
                 progress: bool = True) -> Landscape:
-    """Evaluate L((1 - t) theta_a + t theta_b) for n values of t in ``t_range`` (t = 0 and t = 1 always included)."""
+    """Evaluate L((1 - t) theta_a + t theta_b) for n values of t in ``t_range`` (t = 0 and t = 1 always included).
+
+    Taught in notebooks/03_loss_landscapes.ipynb, section "1 · Ground truth: a 2-parameter quadratic".
+    """
     a, b = obj.as_theta(theta_a), obj.as_theta(theta_b)
     n = as_positive_int(n, "n")
     lo, hi = float(t_range[0]), float(t_range[1])
@@ -319,7 +294,10 @@ def line(obj: Objective, direction, theta=None, span: float = 1.0, n: int = 25,
 
 
 def grid(obj: Objective, u, v, theta=None, span: float = 1.0, n: int = 21, progress: bool = True) -> Landscape:
-    """Evaluate L(theta* + a u + b v) on an n x n grid, a, b in [-span, span] (n odd: the centre is theta* itself)."""
+    """Evaluate L(theta* + a u + b v) on an n x n grid, a, b in [-span, span] (n odd: the centre is theta* itself).
+
+    Taught in notebooks/03_loss_landscapes.ipynb, section "1 · Ground truth: a 2-parameter quadratic".
+    """
     c = obj.theta if theta is None else obj.as_theta(theta)
     (du, iu), (dv, iv) = _direction(obj, u), _direction(obj, v)
     ax = symmetric_coords(span, n)

@@ -73,7 +73,10 @@ def linearise(obj, theta=None, dtype=F64):
 
 
 def as_map(obj, d: int | None = None, name: str | None = None) -> FlatMap:
-    """Wrap an Adapter, Method, projection, FlatMap or callable (with ``d``) as a FlatMap."""
+    """Wrap an Adapter, Method, projection, FlatMap or callable (with ``d``) as a FlatMap.
+
+    Taught in notebooks/02_lora_unilora_geometry.ipynb, section "2 · LoRA's bilinear map is not identifiable".
+    """
     if isinstance(obj, FlatMap):
         return obj
     if isinstance(obj, Adapter):
@@ -99,10 +102,16 @@ def restrict(obj, index, theta=None, name: str | None = None) -> FlatMap:
 
 
 def jvp(obj, theta, v: torch.Tensor) -> torch.Tensor:
-    """J(theta) v, flat (D,), in v's dtype."""
+    """J(theta) v, flat (D,), in v's dtype.
+
+    Taught in notebooks/02_lora_unilora_geometry.ipynb, section "2 · LoRA's bilinear map is not identifiable".
+    """
     return linearise(obj, theta, v.dtype)[2](v).clone()
 
 
 def vjp(obj, theta, u: torch.Tensor) -> torch.Tensor:
-    """J(theta)^T u, shape (d,), in u's dtype."""
+    """J(theta)^T u, shape (d,), in u's dtype.
+
+    Taught in notebooks/02_lora_unilora_geometry.ipynb, section "3 · Distance ratios against ‖θ‖".
+    """
     return linearise(obj, theta, u.dtype)[3](u)

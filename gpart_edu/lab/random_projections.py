@@ -15,6 +15,7 @@ Math:
                          has E_G[y_i^2] = ||z||^2 / (DL) = ||theta||^2 / D, hence E||P theta||^2 = ||theta||^2
                          exactly (any theta, B, Pi). O(D log L) time and O(D) memory instead of D x d.
                          (Structure as in Le et al. 2013 and Aghajanyan et al. 2021's intrinsic-dimension work.)
+Taught in notebooks/01_isometric_partition.ipynb, section "4 · Random projections".
 """
 from __future__ import annotations
 
@@ -83,6 +84,7 @@ class GaussianProjection(_Projection):
     P is kept in memory (float64) when D*d*8 <= ``cache_bytes``; otherwise every call regenerates the rows
     chunk by chunk from per-chunk seeds (O(chunk*d) memory, same numbers).
     Shapes: ``P(theta)`` (d,) -> (D,); ``P.adjoint(v)`` (D,) -> (d,).
+    Taught in notebooks/01_isometric_partition.ipynb, section "4 · Random projections: isometric only in expectation".
     """
 
     def __init__(self, D: int, d: int, seed: int = 0, chunk_rows: int = 1 << 14,
@@ -159,6 +161,7 @@ class FastfoodProjection(_Projection):
     State per block b: random signs B_b (L,), permutation Pi_b (L,), Gaussian diagonal G_b (L,), all from
     the seed; L = 2^ceil(log2 d). E||P theta||^2 = ||theta||^2 exactly (over G); ||P theta|| != ||theta||.
     Shapes: ``P(theta)`` (d,) -> (D,); ``P.adjoint(v)`` (D,) -> (d,).
+    Taught in notebooks/01_isometric_partition.ipynb, section "4 · Random projections: isometric only in expectation".
     """
 
     def __init__(self, D: int, d: int, seed: int = 0):

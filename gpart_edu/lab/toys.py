@@ -15,6 +15,7 @@ Teacher-student (linear, whitened design):
 
 ``gpart_optimum`` solves GPart's least squares directly (normal equations in theta, any design), so the
 projection formula above is a checked consequence, not an assumption.
+Taught in notebooks/04_toy_to_small_finetuning.ipynb, sections (a) and (b).
 """
 from __future__ import annotations
 
@@ -56,7 +57,10 @@ def make_teacher_student(in_features: int = 32, out_features: int = 16, n_train:
                          n_test: int = 2048, rank: int | None = None, delta_scale: float = 1.0,
                          noise: float = 0.1, seed: int = 0) -> TeacherStudent:
     """Draw W0 ~ N(0, 1/in), Delta W* (dense, or of rank ``rank``) with E||Delta W*||_F^2 = delta_scale^2 * out,
-    a whitened training design (X^T X = n I) and Gaussian test inputs; y = W* x + N(0, noise^2)."""
+    a whitened training design (X^T X = n I) and Gaussian test inputs; y = W* x + N(0, noise^2).
+    Taught in notebooks/04_toy_to_small_finetuning.ipynb,
+    section "(a) Teacher–student: GPart's optimum is a projection".
+    """
     n_in = as_positive_int(in_features, "in_features")
     n_out = as_positive_int(out_features, "out_features")
     n = as_positive_int(n_train, "n_train")
@@ -81,7 +85,11 @@ def make_teacher_student(in_features: int = 32, out_features: int = 16, n_train:
 
 
 def student(ts: TeacherStudent, dtype=torch.float64) -> nn.Module:
-    """The pretrained student: one bias-free Linear layer holding W0 (as ``model.layer``)."""
+    """The pretrained student: one bias-free Linear layer holding W0 (as ``model.layer``).
+
+    Taught in notebooks/04_toy_to_small_finetuning.ipynb,
+    section "(a) Teacher–student: GPart's optimum is a projection".
+    """
     model = nn.Sequential()
     model.add_module("layer", nn.Linear(ts.W0.shape[1], ts.W0.shape[0], bias=False))
     with torch.no_grad():
@@ -90,13 +98,21 @@ def student(ts: TeacherStudent, dtype=torch.float64) -> nn.Module:
 
 
 def mse(ts: TeacherStudent, W: torch.Tensor, split: str = "test") -> float:
-    """Mean squared error of weights W on the test (or train) split, per output coordinate."""
+    """Mean squared error of weights W on the test (or train) split, per output coordinate.
+
+    Taught in notebooks/04_toy_to_small_finetuning.ipynb,
+    section "(a) Teacher–student: GPart's optimum is a projection".
+    """
     X, Y = (ts.X_test, ts.Y_test) if split == "test" else (ts.X, ts.Y)
     return float(((X @ W.to(X.dtype).T - Y) ** 2).mean())
 
 
 def full_ft_optimum(ts: TeacherStudent) -> torch.Tensor:
-    """Delta W of the least-squares full fine-tuning solution (ordinary least squares minus W0)."""
+    """Delta W of the least-squares full fine-tuning solution (ordinary least squares minus W0).
+
+    Taught in notebooks/04_toy_to_small_finetuning.ipynb,
+    section "(a) Teacher–student: GPart's optimum is a projection".
+    """
     W_ols = torch.linalg.lstsq(ts.X, ts.Y).solution.T
     return W_ols - ts.W0
 
@@ -106,6 +122,8 @@ def gpart_optimum(ts: TeacherStudent, P) -> torch.Tensor:
 
     Math: r(theta) = X (W0 + mat(P theta))^T - Y;  H = P^T (I_out (x) X^T X) P;  H theta = P^T vec(X^T R0)^T
     with R0 = Y - X W0^T. Uses P.to_dense(): meant for toy sizes (D up to ~1e5).
+    Taught in notebooks/04_toy_to_small_finetuning.ipynb,
+    section "(a) Teacher–student: GPart's optimum is a projection".
     """
     Pd = P.to_dense().to(torch.float64)                       # (D, d), row-major vec of (out, in)
     n_out, n_in = ts.W0.shape
@@ -120,7 +138,11 @@ def gpart_optimum(ts: TeacherStudent, P) -> torch.Tensor:
 
 
 def lora_optimum(ts: TeacherStudent, r: int) -> torch.Tensor:
-    """Best rank-r Delta W for the whitened design: the truncated SVD of the full-FT update."""
+    """Best rank-r Delta W for the whitened design: the truncated SVD of the full-FT update.
+
+    Taught in notebooks/04_toy_to_small_finetuning.ipynb,
+    section "(a) Teacher–student: GPart's optimum is a projection".
+    """
     U, S, Vh = torch.linalg.svd(full_ft_optimum(ts), full_matrices=False)
     r = min(as_positive_int(r, "r"), len(S))
     return (U[:, :r] * S[:r]) @ Vh[:r]
@@ -135,7 +157,10 @@ def regression_loss(model, batch):
 # ------------------------------------------------------------------------- MLP and task shifts
 class MLP(nn.Module):
     """x -> [Linear -> ReLU] * len(hidden) -> classifier. Hidden layers are ``layers.i``; the output layer is
-    ``classifier`` (so ``attach(..., trainable="auto")`` keeps it trainable)."""
+    ``classifier`` (so ``attach(..., trainable="auto")`` keeps it trainable).
+    Taught in notebooks/04_toy_to_small_finetuning.ipynb,
+    section "(b) MNIST-5k: pretrain on digits 0–4, fine-tune to digits 5–9".
+    """
 
     def __init__(self, in_features: int = 784, hidden=(128, 128), num_classes: int = 10):
         super().__init__()
@@ -150,7 +175,11 @@ class MLP(nn.Module):
 
 
 def new_head(model: MLP, num_classes: int, seed: int = 0) -> MLP:
-    """Replace the classifier with a freshly initialised one (seeded) for a new task; returns the model."""
+    """Replace the classifier with a freshly initialised one (seeded) for a new task; returns the model.
+
+    Taught in notebooks/04_toy_to_small_finetuning.ipynb,
+    section "(b) MNIST-5k: pretrain on digits 0–4, fine-tune to digits 5–9".
+    """
     torch.manual_seed(seed)
     old = model.classifier
     model.classifier = nn.Linear(old.in_features, num_classes).to(old.weight.dtype)
@@ -158,7 +187,11 @@ def new_head(model: MLP, num_classes: int, seed: int = 0) -> MLP:
 
 
 def select_classes(x: torch.Tensor, y: torch.Tensor, classes) -> tuple[torch.Tensor, torch.Tensor]:
-    """Examples of the given classes, relabelled 0..len(classes)-1 in the given order."""
+    """Examples of the given classes, relabelled 0..len(classes)-1 in the given order.
+
+    Taught in notebooks/04_toy_to_small_finetuning.ipynb,
+    section "(b) MNIST-5k: pretrain on digits 0–4, fine-tune to digits 5–9".
+    """
     classes = list(classes)
     keep = torch.isin(y, torch.tensor(classes))
     relabel = torch.full((int(y.max()) + 1,), -1, dtype=torch.int64)

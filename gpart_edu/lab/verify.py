@@ -11,6 +11,7 @@ What each method claims: GPart all three (isometric end to end); Uni-LoRA only t
 B A is bilinear: the ratios and singular values spread, which is reported, not failed); LoRA nothing.
 ``claim="isometric"`` requires end-to-end isometry of any method (so Uni-LoRA and LoRA then fail).
 Only the model's config is read (the layers are built on the meta device): the maps do not depend on W0.
+Taught in notebooks/06_full_scale.ipynb, section "7 · Verify the claims from a terminal".
 """
 from __future__ import annotations
 
@@ -21,14 +22,13 @@ import numpy as np
 import torch
 
 from ..assets import _quiet_transformers, resolve_model
-from ..core.methods import METHODS
+from ..core import registry
 from ..core.storage import read_adapter
 from ..core.targets import describe, resolve_targets
 from ..errors import ConfigError
 from . import geometry, jacobian
 
 TOL = {"float64": 1e-10, "float32": 1e-5}
-DEFAULT_R = {"unilora": 4, "lora": 8}
 
 
 @dataclass
@@ -63,26 +63,20 @@ def model_targets(model: str, targets=None):
 
 def build_method(model: str | None = None, method: str = "gpart", *, adapter: str | None = None, d=None, r=None,
                  alpha=None, seed: int = 0, assignment: str = "balanced", targets=None):
-    """(Method, theta float64, description) from a model's layers + settings, or from a saved adapter file."""
+    """(Method, theta float64, description) from a model's layers + settings, or from a saved adapter file.
+
+    Taught in notebooks/06_full_scale.ipynb, section "7 · Verify the claims from a terminal".
+    """
     if adapter is not None:
         name, config, tlist, theta = read_adapter(adapter)
-        if method not in (None, name):
+        if method is not None and registry.canonical(method) != name:
             raise ConfigError(f"{adapter} holds a {name} adapter, not {method}")
-        meth = METHODS[name](tlist, **config)
+        meth = registry.build(name, tlist, **config)
         return meth, theta.detach().double().clone(), f"{name} {config} from {adapter} (trained theta)"
-    if method not in METHODS:
-        raise ConfigError(f"method {method!r}; choose one of {', '.join(METHODS)}")
-    tlist = model_targets(model, targets)
-    kw = {"seed": seed}
-    if method in ("gpart", "unilora"):
-        if d is None:
-            raise ConfigError(f"{method} needs --d (the length of theta)")
-        kw.update(d=d, assignment=assignment)
-    if method in ("unilora", "lora"):
-        kw["r"] = r or DEFAULT_R[method]
-    if method == "lora" and alpha is not None:
-        kw["alpha"] = alpha
-    meth = METHODS[method](tlist, **kw)
+    method = registry.canonical(method)
+    kw = registry.accepted(method, d=d, r=r, alpha=alpha, seed=seed, assignment=assignment)
+    registry.resolve(method, **kw)                      # a missing d fails before the model is read
+    meth = registry.build(method, model_targets(model, targets), **kw)
     theta = meth.init_theta(dtype=torch.float64)
     return meth, theta, f"{method} {meth.config()} on {model} (theta at initialisation)"
 
@@ -95,7 +89,9 @@ def run_checks(meth, theta=None, pairs: int = 20, k: int = 6, pair_norm: float =
     spectrum: "lanczos" (top/bottom k singular values; seconds for GPart, minutes for Uni-LoRA on MiniLM,
     whose smallest values converge slowly), "sample" (all singular values of J restricted to ``samples``
     random theta coordinates: Cauchy-interlaced inside the full range, so a spread proves non-isometry and
-    all-ones is a necessary condition) or "none"."""
+    all-ones is a necessary condition) or "none".
+    Taught in notebooks/06_full_scale.ipynb, section "7 · Verify the claims from a terminal".
+    """
     if claim not in ("auto", "isometric"):
         raise ConfigError(f"claim must be 'auto' or 'isometric', got {claim!r}")
     tdt = {"float64": torch.float64, "float32": torch.float32}[dtype]
@@ -149,7 +145,7 @@ def format_table(checks, title: str = "") -> str:
 def cmd_verify(args) -> int:
     """``gpart-edu verify``: print the table; exit 1 if a claimed property fails."""
     if args.model and not args.method:
-        raise ConfigError("--method is required with --model (gpart, unilora or lora)")
+        raise ConfigError(f"--method is required with --model ({', '.join(registry.NAMES)})")
     meth, theta, what = build_method(args.model, args.method,
                                      adapter=args.adapter, d=args.d, r=args.r, alpha=args.alpha, seed=args.seed,
                                      assignment=args.assignment, targets=args.targets)
