@@ -108,7 +108,7 @@ def test_wheel_installs_with_its_declared_dependencies_and_runs_verify_and_finet
              sources(tmp / "src")], cwd=tmp, env=env)
         (wheel,) = (tmp / "dist").glob("gpart_edu-*.whl")
         py = venv(tmp / "venv")
-        pip = [py, "-m", "pip", "install", "-q"]
+        pip = [py, "-m", "pip", "install", "-q", "--no-compile"]
         run([*pip, f"torch=={torch.__version__.split('+')[0]}"], cwd=tmp, env=env)
         run([*pip, wheel], cwd=tmp, env=env)
         run([*pip, "--no-deps", *MAKE_VARS["ASSET_PKGS"].split()], cwd=tmp, env=env)
@@ -121,12 +121,9 @@ def test_wheel_installs_with_its_declared_dependencies_and_runs_verify_and_finet
         where, extras = run([py, "-c", probe], cwd=tmp, env=env).stdout.split("\n")[:2]
         assert where.startswith(str(tmp / "venv")), f"gpart_edu imported from {where}, not the installed wheel"
         assert extras == "[]", f"`pip install gpart_edu` brought {extras}"
-        v = run([exe, "verify", "--model", "minilm", "--method", "gpart", "--d", "2000", "--spectrum", "sample",
-                 "--samples", "32", "--pairs", "5"], cwd=tmp, env=env)
-        assert "verdict: isometric end to end" in v.stdout
         fork = run([py, "-m", "gpart_edu", "verify", "--adapter", FIX / "qv_materialized_seed7", "--spectrum",
                     "sample", "--pairs", "5"], cwd=tmp, env=env)        # a peft folder, peft not installed
-        assert "the official GPart fork" in fork.stdout and "every claimed property holds" in fork.stdout
+        assert "the official GPart fork" in fork.stdout and "verdict: isometric end to end" in fork.stdout
         out = tmp / "run"
         f = run([exe, "finetune", "--model", "minilm", "--task", "tweets", "--method", "gpart", "--d", "2000",
                  "--steps", "5", "--batch-size", "8", "--max-train", "40", "--max-eval", "16", "--max-length", "32",

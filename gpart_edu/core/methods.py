@@ -132,11 +132,8 @@ class GPart(Method):
         return self.P.d
 
     def config(self) -> dict:
-        out = {"d": self.P.d, "seed": self.P.seed, "assignment": self.P.assignment,
-               "include_bias": self.include_bias}
-        if self.P.allow_empty:        # only checkpoints of the official fork need it (notebook 07)
-            out["allow_empty"] = True
-        return out
+        return {"d": self.P.d, "seed": self.P.seed, "assignment": self.P.assignment,
+                "include_bias": self.include_bias, "allow_empty": self.P.allow_empty}
 
     def init_theta(self, dtype=torch.float32, device=None) -> torch.Tensor:
         return torch.zeros(self.P.d, dtype=dtype, device=device)
