@@ -389,3 +389,21 @@ def test_adapter_attr_is_gone_after_import_and_detach(tmp_path):
     _, path = peft_folder(tmp_path, model, lora_cfg())
     ge.load_peft(path, model).detach()
     assert not hasattr(model, ADAPTER_ATTR)
+
+
+def test_the_lab_works_on_an_imported_peft_lora(tmp_path):
+    from gpart_edu.lab import geometry, jacobian
+    from gpart_edu.lab import landscape as L
+    model = tiny_cls()
+    pm, path = peft_folder(tmp_path, model, lora_cfg())
+    adapter = ge.load_peft(path, model)
+    s = jacobian.singular_value_sample(adapter, m=40)
+    assert s.max() / max(s.min(), 1e-300) > 2                     # bilinear: a spread, not an isometry
+    r = geometry.distance_ratios(adapter, n_pairs=5, scale=float(adapter.theta.norm()))
+    assert abs(r - 1).max() > 1e-3
+    data = {"input_ids": IDS, "labels": torch.tensor([0, 2, 1])}
+    obj = L.Objective(model, data)
+    (u,) = L.random_directions(adapter.num_trainable, k=1, seed=0)
+    curve = L.line(obj, u, span=0.5, n=5, progress=False)
+    centre = torch.nn.functional.cross_entropy(pm(IDS).logits, data["labels"]).item()
+    assert abs(curve.center_loss - centre) <= 1e-5 and len(curve.loss) == 5   # the centre: peft's own loss
