@@ -28,3 +28,7 @@ class AdapterFileError(GPartEduError, ValueError):
 
 class UnsupportedLayerError(GPartEduError, TypeError):
     """A matched target module is of a type the adapters cannot wrap."""
+
+
+class UnsupportedMethodError(GPartEduError, TypeError):
+    """A PEFT method (or one of its options) whose map theta -> Delta W the audit cannot derive and check."""
