@@ -8,6 +8,8 @@
     gpart-edu verify --model minilm --method gpart --d 23040                # exit 0: every claim holds
     gpart-edu verify --adapter my-peft-lora --model minilm                   # a peft folder (notebook 07)
     gpart-edu recipes [--family glue] [--show roberta-base-sst2]
+    gpart-edu audit --model minilm --adapter my-peft-folder --json audit.json   # isometry audit (notebook 08)
+    gpart-edu audit --recipe minilm-tweets                                     # the recipe's map at its init
     python -m gpart_edu ...  is the same command;  gpart-edu --version
 
 Exit status: 0 success / every claimed property holds; 1 a claimed property fails (verify); 2 usage or
@@ -31,6 +33,7 @@ from .core import registry
 from .core.projections import ASSIGNMENTS
 from .errors import GPartEduError
 from .finetune import engine, optim, recipes, tasks
+from .lab.audit import cmd_audit
 from .lab.verify import cmd_verify
 
 
@@ -59,6 +62,16 @@ NONNEG_FLOAT = _number(float, 0, what="a number >= 0")
 FRACTION = _number(float, 0, 1, high_open=True, what="a fraction in [0, 1)")
 
 
+def _norms(text):
+    try:
+        vals = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        vals = ()
+    if not vals or any(not v > 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected positive numbers separated by commas, e.g. 0.1,1,10; got {text!r}")
+    return vals
+
+
 def _targets(text):
     parts = [t.strip() for t in text.split(",") if t.strip()]
     if not parts:
@@ -76,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpart-edu", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"gpart-edu {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{finetune,verify,recipes}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{finetune,verify,recipes,audit}")
     f = sub.add_parser("finetune", help="fine-tune a model and write results.json, the adapter and a summary")
     f.add_argument("--recipe", help="start from a named recipe (gpart-edu recipes); flags below override it")
     f.add_argument("--model", help="'minilm', 'smollm2', a hub id or a local folder")
@@ -146,6 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("recipes", help="list the paper's recipes, or show one with its cost")
     r.add_argument("--family", choices=("glue", "vit", "math", "cpu"))
     r.add_argument("--show", metavar="NAME", help="one recipe: every value, its cost and the command")
+    a = sub.add_parser("audit", help="isometry audit of a PEFT method: Jacobian spectrum, distance ratios, degree")
+    a.add_argument("--model", help="'minilm', a hub id or a local model folder (default: the peft folder's base)")
+    a.add_argument("--adapter", help="a peft adapter folder (any supported tuner) or a gpart_edu adapter file")
+    a.add_argument("--recipe", help="audit the recipe's method on its model at its initial theta (no folder)")
+    a.add_argument("--norms", type=_norms, default=(0.1, 1.0, 10.0), help="||theta|| of the random points")
+    a.add_argument("--pairs", type=POS_INT, default=20, help="random pairs for the distance ratios")
+    a.add_argument("--k", type=POS_INT, default=10, help="extremes per end when the spectrum is matrix-free")
+    a.add_argument("--spectrum", choices=("auto", "dense", "lanczos"), default="auto")
+    a.add_argument("--seed", type=NONNEG_INT, default=0)
+    a.add_argument("--json", help="also write the report to this JSON file")
     return p
 
 
@@ -252,6 +275,8 @@ def main(argv=None) -> int:
             return cmd_finetune(args)
         if args.command == "verify":
             return cmd_verify(args)
+        if args.command == "audit":
+            return cmd_audit(args, recipes.get(args.recipe) if args.recipe else None)
         return cmd_recipes(args)
     except GPartEduError as e:
         parser.error(str(e))          # usage + message, exit 2

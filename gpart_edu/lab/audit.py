@@ -21,6 +21,7 @@ Taught in notebooks/08_isometry_audit.ipynb.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.adapter import Adapter, get_adapter
+from ..assets import _quiet_transformers, resolve_model
+from ..core import peft_format
+from ..core.adapter import Adapter, attach, get_adapter, load_adapter
 from ..errors import AttachError, ConfigError
 from . import jacobian, peft_maps
 from .geometry import distance_ratios
@@ -294,3 +297,45 @@ def audit(model: nn.Module, norms=(0.1, 1.0, 10.0), n_pairs: int = 20, k: int = 
                                                      if k_ not in ("delta_at_zero", "zero_at_zero")},
         delta_at_zero=hom["delta_at_zero"], zero_at_zero=hom["zero_at_zero"], points=points,
         merge_check=tg.merge_check, seconds=time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def _load_base(name: str) -> nn.Module:
+    from transformers import AutoModel
+    with _quiet_transformers():
+        return AutoModel.from_pretrained(resolve_model(name)).eval()
+
+
+def model_for_cli(model: str | None, adapter: str | None, recipe=None) -> nn.Module:
+    """The model ``gpart-edu audit`` measures: base + peft folder, base + gpart_edu file, or a recipe at init."""
+    if recipe is not None:
+        if adapter:
+            raise ConfigError("give --recipe or --adapter, not both")
+        m = _load_base(model or recipe.model)
+        attach(m, recipe.method, targets=list(recipe.targets), **recipe.method_config)
+        return m
+    if not adapter:
+        raise ConfigError("give --adapter (a peft folder or a gpart_edu adapter file) or --recipe NAME")
+    if peft_format.is_peft_folder(adapter):
+        from peft import PeftModel
+        base = model or peft_format.base_model_of(peft_format.read_folder(adapter))
+        if not base:
+            raise ConfigError(f"{adapter}: the folder names no base model; give --model")
+        return PeftModel.from_pretrained(_load_base(base), adapter).eval()
+    if not model:
+        raise ConfigError("a gpart_edu adapter file needs --model (the base model it was trained on)")
+    m = _load_base(model)
+    load_adapter(adapter, m)
+    return m
+
+
+def cmd_audit(args, recipe=None) -> int:
+    """``gpart-edu audit``: print the report (and write it as JSON with --json). Notebook 08, section 5."""
+    m = model_for_cli(args.model, args.adapter, recipe)
+    report = audit(m, norms=args.norms, n_pairs=args.pairs, k=args.k, method=args.spectrum, seed=args.seed)
+    print(report)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report.to_dict(), f, indent=2, allow_nan=False)
+        print(f"report written to {args.json}")
+    return 0

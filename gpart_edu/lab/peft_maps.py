@@ -4,7 +4,7 @@
     pm.fmap(theta)                       # vec(Delta W) of every adapted weight, float64, differentiable
 
 Delta W is defined as (merged weight - base weight), the weight part only. theta is the concatenation of the
-adapter's trainable parameters (model.named_parameters order, shared ones such as VB-LoRA's vector bank once);
+adapter's parameters (trainable ones; also when a loaded model has them frozen) (model.named_parameters order, shared ones such as VB-LoRA's vector bank once);
 other trainable parameters (a classification head via modules_to_save) are the ``head``, reported apart.
 The map runs on a float64 copy of the model through ``torch.func.functional_call``:
 
@@ -156,10 +156,10 @@ def _tuner_layers(model: nn.Module, adapter: str):
     return out
 
 
-def _adapter_params(layers, adapter: str) -> set[int]:
+def _adapter_params(layers, adapter: str, attrs: str = "adapter_layer_names") -> set[int]:
     ids = set()
     for _, mod in layers:
-        for attr in mod.adapter_layer_names:
+        for attr in getattr(mod, attrs, ()):
             cont = getattr(mod, attr, None)
             if cont is None or adapter not in cont:
                 continue
@@ -190,11 +190,12 @@ def peft_map(model: nn.Module, adapter_name: str | None = None, check: bool = Tr
     method, kind = _label(tuner, config, layers)
     ids = _adapter_params(layers, a)
     params = dict(work.named_parameters())
-    theta_names = [n for n, p in params.items() if id(p) in ids and p.requires_grad]
+    theta_names = [n for n, p in params.items() if id(p) in ids]     # frozen too (from_pretrained freezes them)
     if not theta_names:
-        raise AttachError(f"the peft adapter {a!r} ({tuner}) has no trainable parameter: nothing to audit")
-    head = {_short(n): p.numel() for n, p in model.named_parameters()
-            if p.requires_grad and n not in set(theta_names)}
+        raise AttachError(f"the peft adapter {a!r} ({tuner}) has no parameter: nothing to audit")
+    own = ids | _adapter_params(layers, a, "other_param_names")   # e.g. AdaLoRA's ranknum: adapter, not head
+    head = {_short(n): p.numel() for n, p in params.items()
+            if (p.requires_grad or "modules_to_save" in n) and id(p) not in own}
     shapes = [tuple(params[n].shape) for n in theta_names]
     sizes = [params[n].numel() for n in theta_names]
     for p in work.parameters():      # theta is swapped in by functional_call; nothing else carries a gradient
