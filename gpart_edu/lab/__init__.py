@@ -10,6 +10,8 @@
     intrinsic           training inside a random subspace, d90 (notebook 04)
     toys                problems with known answers: teacher-student regression, an MLP (notebook 04)
     verify              the isometry checks behind ``gpart-edu verify`` (notebook 06)
+    peft_maps           theta -> Delta W of peft's tuners, checked against peft's merge (notebook 08)
+    audit               the isometry audit of any PEFT method behind ``gpart-edu audit`` (notebook 08)
 
 The lab uses the core and never the fine-tuning wing.
 """
