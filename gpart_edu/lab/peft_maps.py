@@ -4,7 +4,8 @@
     pm.fmap(theta)                       # vec(Delta W) of every adapted weight, float64, differentiable
 
 Delta W is defined as (merged weight - base weight), the weight part only. theta is the concatenation of the
-adapter's parameters (trainable ones; also when a loaded model has them frozen) (model.named_parameters order, shared ones such as VB-LoRA's vector bank once);
+adapter's parameters (also when a loaded model has them frozen), in model.named_parameters order, shared ones
+such as VB-LoRA's vector bank once;
 other trainable parameters (a classification head via modules_to_save) are the ``head``, reported apart.
 The map runs on a float64 copy of the model through ``torch.func.functional_call``:
 
