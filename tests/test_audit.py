@@ -209,3 +209,8 @@ def test_cli_audit_on_a_peft_folder(tmp_path, capsys):
         cli.main(["audit", "--model", str(tmp_path / "base")])
     assert e.value.code == 2
     assert "give --adapter" in capsys.readouterr().err
+
+
+def test_face_audit_is_the_lab_audit():
+    import gpart_edu as ge
+    assert ge.audit is audit

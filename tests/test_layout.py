@@ -6,7 +6,8 @@ Rules (AST over every module of gpart_edu, imports inside functions included):
 * intra-package imports sit at module top; a function-local import is kept only for a heavy or optional
   third-party package (LAZY_OK), never for gpart_edu itself, the standard library or a light dependency;
 * no module is longer than 500 lines;
-* ``import gpart_edu`` (the face) loads neither the lab nor the fine-tuning wing.
+* ``import gpart_edu`` (the face) loads neither the lab nor the fine-tuning wing; the face's only deferred names
+  are those of ``gpart_edu.LAZY_FACE`` (loaded on first attribute access).
 """
 from __future__ import annotations
 
@@ -173,3 +174,16 @@ def test_the_face_does_not_load_the_wings():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", f"import gpart_edu loaded {out.stdout.strip()}"
+
+
+def test_the_face_defers_only_its_declared_lab_entry_points():
+    code = ("import sys, gpart_edu as ge; import gpart_edu.lab.audit as a; "
+            "print(sorted(ge.LAZY_FACE), ge.audit is a.audit, 'audit' in ge.__all__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["['audit']", "True", "True"], out.stdout
+    src = (PKG / "__init__.py").read_text()
+    assert src.count("importlib.import_module(") == 1, "the face defers imports only through LAZY_FACE"
+    bad = subprocess.run([sys.executable, "-c", "import gpart_edu as ge; ge.no_such_name"], capture_output=True,
+                         text=True, timeout=120, cwd=ROOT)
+    assert bad.returncode != 0 and "has no attribute 'no_such_name'" in bad.stderr
