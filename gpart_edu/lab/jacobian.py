@@ -119,29 +119,59 @@ def singular_values(obj, theta=None, k: int = 20, dtype=F64, method: str = "auto
                         resolution=eps * max(D, f.d) * (s[0] if len(s) else 0.0))
     if k >= f.d - 1:
         raise ConfigError(f"Lanczos needs k < d - 1 (k={k}, d={f.d}); use method='dense' for tiny maps")
-    _, d, Jv, JTu = linearise(f, t, dtype)
-    gram = eigen.numpy_matvec(lambda x: JTu(Jv(x)), dtype)      # v -> J^T J v, float64 numpy
-    opts = dict(tol=tol, maxiter=maxiter, dtype=None, vectors=False, robust=True)
-    res = eigen.eigsh_operator(gram, d, k, seed=seed, **opts)
-    lam, converged, n_matvec = res.values, {"top": res.converged}, res.n_matvec
-    top = np.sort(np.sqrt(np.clip(lam, 0.0, None)))[::-1]
-    lam_max = float(lam.max()) if len(lam) else math.nan
-    if math.isnan(lam_max):  # nothing converged at the top: no safe shift for the bottom either
-        bottom, converged["bottom"] = np.zeros(0), {"count": 0, "solver": "skipped (top did not converge)"}
-    elif lam_max == 0.0:  # J = 0 (e.g. Uni-LoRA at theta = 0): every singular value is 0
-        bottom, converged["bottom"] = np.zeros(k), {"count": k, "solver": "J = 0"}
-    else:
-        # smallest eigenvalues of J^T J = c - largest of (c I - J^T J). ARPACK starts from a vector forced
-        # into the operator's range, so an exact null space of J^T J itself (LoRA's B = 0 block) is never
-        # seen; c I - J^T J has full range. c = 1.01 lambda_max keeps the accuracy at ~eps * lambda_max.
-        c = 1.01 * lam_max
-        res = eigen.eigsh_operator(lambda v: c * v - gram(v), d, k, seed=seed + 7, **opts)
-        bottom, converged["bottom"], n_matvec = np.sort(np.sqrt(np.clip(c - res.values, 0.0, None))), \
-            res.converged, n_matvec + res.n_matvec
-    smax = top[0] if len(top) else math.nan
-    return Spectrum(top, bottom, D, d, "lanczos", time.perf_counter() - t0,
-                    resolution=math.sqrt(1.01 * max(tol, 100 * eps)) * smax, n_matvec=n_matvec,
-                    converged=converged)
+    gram = gram_block(f, t, dtype, D)
+    tol_eff = max(float(tol), 100 * eps)
+    res = eigen.block_extremes(gram, f.d, k_top=k, k_bottom=k, tol=tol_eff, maxiter=maxiter, seed=seed)
+    lam_max = res.converged["top"]["scale"]                    # max |Ritz value| <= lambda_max(J^T J)
+    converged = {end: dict(c) for end, c in res.converged.items()}
+    top = np.sqrt(np.clip(res.top, 0.0, None))
+    bottom = np.sqrt(np.clip(res.bottom, 0.0, None))
+    for end, lam, r in (("top", res.top, res.top_residual), ("bottom", res.bottom, res.bottom_residual)):
+        # |lambda - theta| <= ||R||_2 for k distinct eigenvalues (Kahan), so |sigma - sqrt(theta)| <= this
+        rn = converged[end]["residual_norm"]
+        converged[end]["sigma_error"] = float(max((min(math.sqrt(rn), rn / math.sqrt(x)) if x > 0 else
+                                                   math.sqrt(rn)) for x in lam)) if len(lam) else 0.0
+        if lam_max == 0.0 and len(lam):
+            converged[end]["solver"] = "J = 0"                 # J^T J vanished on a random block: J = 0
+    smax = math.sqrt(lam_max)
+    return Spectrum(top, bottom, D, f.d, "lanczos", time.perf_counter() - t0, resolution=math.sqrt(tol_eff) * smax,
+                    n_matvec=res.n_matvec, converged=converged)
+
+
+def gram_block(obj, theta=None, dtype=F64, D: int | None = None, max_bytes: int = 256 << 20):
+    """Return X (d, p) float64 numpy -> J^T J X: the Gram operator on a block of columns, matrix-free.
+
+    The columns go through one vmapped jvp + vjp (torch.func) in chunks of at most ``max_bytes`` of (D, p)
+    intermediates; a map that vmap cannot batch falls back to one column at a time (same numbers).
+    """
+    f = as_map(obj)
+    t = f.point(theta, dtype)
+    _, vjp_fn = torch.func.vjp(f.fn, t)
+
+    def one(v):
+        return vjp_fn(torch.func.jvp(f.fn, (t,), (v,))[1])[0]
+
+    if D is None:
+        with torch.no_grad():
+            D = f(t).numel()
+    chunk = max(1, max_bytes // (4 * 8 * max(D, f.d)))
+    batched = [torch.func.vmap(one, in_dims=1, out_dims=1)]
+
+    def gram(X):
+        Xt = torch.from_numpy(np.ascontiguousarray(X)).to(dtype)
+        outs = []
+        for j in range(0, Xt.shape[1], chunk):
+            part = Xt[:, j:j + chunk]
+            if batched:
+                try:
+                    outs.append(batched[0](part))
+                    continue
+                except (RuntimeError, NotImplementedError):   # an op vmap cannot batch: one column at a time
+                    batched.clear()
+            outs.append(torch.stack([one(part[:, i]) for i in range(part.shape[1])], dim=1))
+        return torch.cat(outs, dim=1).to(F64).numpy()
+
+    return gram
 
 
 def singular_value_sample(obj, theta=None, m: int = 256, seed: int = 0, dtype=F64) -> np.ndarray:
