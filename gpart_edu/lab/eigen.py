@@ -215,7 +215,7 @@ def block_extremes(matmat, n: int, k_top: int = 1, k_bottom: int = 0, block: int
     ``converged`` says how many of how many, the largest residual, ||A U - U Theta||_2 (Kahan: the returned
     values lie within it of as many eigenvalues of A, counted with multiplicity), the restarts and why it
     stopped. ``maxiter``: restarts (default 100); it also stops when the residuals stop improving (``STALL``).
-    ``basis``: largest basis (default max(keep + 8 b, ``FULL_BASIS``), at most n); once the basis spans all
+    ``basis``: largest basis (default n when n <= ``FULL_BASIS``, else keep + 8 b); once the basis spans all
     of R^n the Rayleigh-Ritz values are exact (still certified by residuals). A restart keeps the wanted Ritz
     vectors and a guard, and continues with the residuals of the least converged wanted pairs.
     Taught in notebooks/02_lora_unilora_geometry.ipynb, section "5 · Jacobian singular values, matrix-free".
@@ -230,7 +230,8 @@ def block_extremes(matmat, n: int, k_top: int = 1, k_bottom: int = 0, block: int
     if b <= need and b < n:
         raise ConfigError(f"block={b} cannot resolve {need} copies of a repeated eigenvalue; use block >= {need + 1}")
     keep_n = min(n, k_top + k_bottom + b * ((k_top > 0) + (k_bottom > 0)))
-    m = min(n, as_positive_int(basis, "basis") if basis is not None else max(keep_n + 8 * b, FULL_BASIS))
+    m = min(n, as_positive_int(basis, "basis") if basis is not None else
+            (n if n <= FULL_BASIS else keep_n + 8 * b))
     if m < min(n, keep_n + b):
         raise ConfigError(f"basis={m} is too small: it must hold the kept Ritz vectors and one block "
                           f"({keep_n + b}); leave basis=None")
@@ -246,10 +247,13 @@ def block_extremes(matmat, n: int, k_top: int = 1, k_bottom: int = 0, block: int
     V, W = np.zeros((n, 0)), np.zeros((n, 0))
     Z = rng.standard_normal((n, b))
     restarts, best, since_best, stop = 0, np.inf, 0, ""
+    check_at = min(m, keep_n + b)                          # a first Rayleigh-Ritz check early (J^T J = I: done)
+    stuck = False
     while True:
-        while V.shape[1] < m:                               # grow the block Krylov space to the full basis
+        while V.shape[1] < check_at:                        # grow the block Krylov space
             Q = _extend(Z, V, rng, min(b, m - V.shape[1]))
             if not Q.shape[1]:
+                stuck = True                                # no new direction could be made orthogonal to V
                 break
             AQ = apply(Q)
             V, W, Z = np.hstack([V, Q]), np.hstack([W, AQ]), AQ
@@ -262,10 +266,13 @@ def block_extremes(matmat, n: int, k_top: int = 1, k_bottom: int = 0, block: int
         want = np.concatenate([top_idx, bot_idx])
         res = np.linalg.norm(W @ Y[:, want] - (V @ Y[:, want]) * theta[want], axis=0)
         worst = float(res.max()) if len(res) else 0.0
+        check_at = m
         if worst <= tol_eff * scale:
             stop = "converged"
-        elif V.shape[1] >= n:
-            stop = "basis spans R^n"
+        elif V.shape[1] >= n or stuck:
+            stop = "basis spans R^n" if V.shape[1] >= n else "no new direction orthogonal to the basis"
+        elif V.shape[1] < m:
+            continue                                        # the early check: grow on to the full basis
         elif restarts >= maxiter:
             stop = f"maxiter={maxiter} restarts"
         elif since_best >= STALL:

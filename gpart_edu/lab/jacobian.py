@@ -3,13 +3,15 @@
 Works on the same maps as ``gpart_edu.geometry`` (Adapter, Method, projection, FlatMap); float64 default.
 
 Math:
-    Singular values of J: dense ``torch.linalg.svdvals`` when D x d fits, otherwise Lanczos (``lab.eigen``:
-    ARPACK ``scipy.sparse.linalg.eigsh``) on the d x d operator J^T J, applied matrix-free as v -> vjp(jvp(v)).
-    sigma = sqrt(lambda(J^T J)), and the bottom-k come from the top of c I - J^T J (c = 1.01 lambda_max), so
-    Lanczos resolves singular values down to sqrt(1.01 max(tol, 100 eps)) * sigma_max (1.5e-7 relative in
-    float64 at tol = 0); smaller ones are reported as "0 within resolution" (cond = inf). Lanczos finds
-    each distinct eigenvalue once and copies of a repeated one only slowly: with an exactly repeated
-    eigenvalue (LoRA's null space) some of the bottom-k may be skipped; sigma_min itself is reliable.
+    Singular values of J: dense ``torch.linalg.svdvals`` when D x d fits, otherwise a certified block Lanczos
+    (``lab.eigen.block_extremes``) on the d x d operator J^T J, applied matrix-free to blocks of columns as
+    X -> vjp(jvp(X)) (vmapped). sigma = sqrt(lambda(J^T J)); both ends come from one block Krylov space whose
+    block (k + 2 random vectors) is wider than the copies of any repeated value among the k wanted, so LoRA's
+    exact zeros (the B = 0 block at init, r^2 symmetry directions per layer) and GPart's all-ones spectrum are
+    counted with their multiplicity. Each returned value is certified by a fresh residual ||J^T J u - lambda u||
+    <= max(tol, 100 eps) lambda_max; values that are not certified are not returned (``converged`` counts them).
+    Zero is resolved to sqrt(max(tol, 100 eps)) * sigma_max (1.5e-7 relative in float64): smaller singular
+    values are "0 within resolution" (cond = inf).
     Projected step (GPart): dL/dtheta = P^T dL/dW, so an SGD step on theta moves W by
     -lr P P^T g_W: the full fine-tuning step -lr g_W projected onto range(P) (P P^T is an orthogonal
     projector because P^T P = I). For other maps J J^T is not a projector; the same checks measure how far.
@@ -96,9 +98,10 @@ def singular_values(obj, theta=None, k: int = 20, dtype=F64, method: str = "auto
                     maxiter: int | None = None, seed: int = 0) -> Spectrum:
     """Compute the top-k and bottom-k singular values of J at theta (all d of them counted, zeros included).
 
-    method: "dense" (svdvals of jacfwd's J), "lanczos" (``eigen.eigsh_operator`` on J^T J, matrix-free, robust:
-    retries on an ARPACK breakdown) or "auto" (dense when D x d fits in 64 MiB). Lanczos keeps whatever
-    converged if ARPACK stops early (see ``converged``). Notebook: 02_lora_unilora_geometry.
+    method: "dense" (svdvals of jacfwd's J), "lanczos" (``eigen.block_extremes`` on J^T J: matrix-free block
+    Lanczos that finds repeated values, each certified by its residual) or "auto" (dense when D x d fits in
+    64 MiB). Lanczos returns only certified values: ``converged[end]`` holds count / wanted, the residuals,
+    ``sigma_error`` (a bound on |sigma - returned|) and why it stopped. Notebook: 02_lora_unilora_geometry.
     """
     f = as_map(obj)
     t = f.point(theta, dtype)
