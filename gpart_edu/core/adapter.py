@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import AttachError, ConfigError
-from . import registry
+from . import export, peft_format, registry
 from .methods import Method
 from .storage import read_adapter, write_adapter
 from .targets import describe, find_targets
@@ -170,6 +170,7 @@ class Adapter(nn.Module):
         for n, p in model.named_parameters():
             if n in self._frozen:
                 p.requires_grad_(self._frozen[n])
+        export.unguard_save_pretrained(model)
         delattr(model, ADAPTER_ATTR)
         self._layers = []
         object.__setattr__(self, "_model", None)
@@ -180,6 +181,28 @@ class Adapter(nn.Module):
         """Write theta + seed + config + target fingerprint (about 4*d bytes plus a small header)."""
         self._check_attached("save")
         return write_adapter(path, self.method.name, self.method.config(), self.method.targets, self.theta)
+
+    # ------------------------------------------------------- leaving gpart_edu; peft's names (notebook 07)
+    def merge_and_unload(self) -> nn.Module:
+        """Bake Delta W into the weights, remove the adapter, keep the head; return the plain model (peft's name)."""
+        return export.merge_and_unload(self)
+
+    def unload(self) -> nn.Module:
+        """peft's name for ``detach()``: remove the adapter, restore the original weights; return the model."""
+        return self.detach()
+
+    def disable_adapter(self):
+        """peft's name for ``disabled()``: ``with adapter.disable_adapter():`` runs the base model."""
+        return self.disabled()
+
+    def print_trainable_parameters(self) -> None:
+        """Print peft's line: trainable params (theta + head) || all params || trainable%."""
+        print(export.trainable_line(self))
+
+    def save_peft(self, path):
+        """Write a peft folder (adapter_config.json + adapter_model.safetensors); see core.peft_format."""
+        self._check_attached("save_peft")
+        return peft_format.save_peft(self, path)
 
     def summary(self) -> str:
         model = self.model
@@ -253,7 +276,9 @@ def attach(model: nn.Module, method: str, *, targets="all-linear", trainable="au
             m.forward = _LayerForward(adapter, i, m)
             setattr(m, _PATCH_FLAG, True)
             adapter._layers.append(m)
+        export.guard_save_pretrained(model, adapter)
     except BaseException:
+        export.unguard_save_pretrained(model)
         for _, m in found:
             m.__dict__.pop("forward", None)
             m.__dict__.pop(_PATCH_FLAG, None)

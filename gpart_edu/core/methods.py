@@ -106,12 +106,16 @@ class Method(nn.Module, metaclass=ABCMeta):
 
 # --------------------------------------------------------------------------------------- GPart
 class GPart(Method):
-    """vec(Delta W of all targets) = P theta with P a D x d partition projection; theta starts at 0."""
+    """vec(Delta W of all targets) = P theta with P a D x d partition projection; theta starts at 0.
+
+    ``allow_empty=True`` accepts a partition with empty groups (checkpoints of the official fork, which keeps
+    them; notebooks/07_bring_your_own_adapter.ipynb): their theta entries then never reach Delta W.
+    """
 
     name = "gpart"
 
     def __init__(self, targets, d: int, seed: int = 0, assignment: str = "balanced",
-                 include_bias: bool = False):
+                 include_bias: bool = False, allow_empty: bool = False):
         super().__init__(targets)
         self.include_bias = bool(include_bias)
         # positions: target l's weight (flattened in stored order), then its bias if included
@@ -121,7 +125,7 @@ class GPart(Method):
             self.offsets.append((pos, pos + t.numel, pos + t.numel + bias_len))
             pos += t.numel + bias_len
         self.D = pos
-        self.P = PartitionProjection(self.D, d, seed=seed, assignment=assignment)
+        self.P = PartitionProjection(self.D, d, seed=seed, assignment=assignment, allow_empty=allow_empty)
 
     @property
     def num_params(self) -> int:
@@ -129,7 +133,7 @@ class GPart(Method):
 
     def config(self) -> dict:
         return {"d": self.P.d, "seed": self.P.seed, "assignment": self.P.assignment,
-                "include_bias": self.include_bias}
+                "include_bias": self.include_bias, "allow_empty": self.P.allow_empty}
 
     def init_theta(self, dtype=torch.float32, device=None) -> torch.Tensor:
         return torch.zeros(self.P.d, dtype=dtype, device=device)

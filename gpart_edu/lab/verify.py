@@ -11,7 +11,10 @@ What each method claims: GPart all three (isometric end to end); Uni-LoRA only t
 B A is bilinear: the ratios and singular values spread, which is reported, not failed); LoRA nothing.
 ``claim="isometric"`` requires end-to-end isometry of any method (so Uni-LoRA and LoRA then fail).
 Only the model's config is read (the layers are built on the meta device): the maps do not depend on W0.
-Taught in notebooks/06_full_scale.ipynb, section "7 · Verify the claims from a terminal".
+``--adapter`` takes a gpart_edu adapter file or a peft folder (peft LoRA / Uni-LoRA, the official GPart fork);
+a peft folder's layers come from its base model: ``--model``, or the folder's base_model_name_or_path.
+Taught in notebooks/06_full_scale.ipynb, section "7 · Verify the claims from a terminal" (peft folders in
+notebooks/07_bring_your_own_adapter.ipynb).
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import numpy as np
 import torch
 
 from ..assets import _quiet_transformers, resolve_model
-from ..core import registry
+from ..core import peft_format, registry
 from ..core.storage import read_adapter
 from ..core.targets import describe, resolve_targets
 from ..errors import ConfigError
@@ -61,12 +64,42 @@ def model_targets(model: str, targets=None):
     return [describe(n, mod) for n, mod in resolve_targets(m, targets or ("query", "value"))]
 
 
+def meta_model(model: str):
+    """``model`` (a name, hub id or folder) built from its config on the meta device, with its task head."""
+    import transformers
+
+    with _quiet_transformers():
+        config = transformers.AutoConfig.from_pretrained(resolve_model(model))
+        arch = (getattr(config, "architectures", None) or [None])[0]
+        cls = getattr(transformers, arch, None) if arch else None
+        with torch.device("meta"):
+            return cls(config) if cls is not None else transformers.AutoModel.from_config(config)
+
+
+def _from_peft_folder(path, model, method):
+    folder = peft_format.read_folder(path)
+    model = model or peft_format.base_model_of(folder)
+    if model is None:
+        raise ConfigError(f"{path} does not name its base model (base_model_name_or_path is null): pass --model "
+                          f"with the model it was trained on")
+    plan = peft_format.plan(folder, meta_model(model))
+    if method is not None and registry.canonical(method) != plan.method:
+        raise ConfigError(f"{path} holds a {plan.method} adapter ({plan.source}), not {method}")
+    meth = registry.build(plan.method, plan.targets, **plan.options)
+    return meth, plan.theta.detach().double().clone(), (f"{plan.method} {meth.config()} from peft folder {path} "
+                                                        f"({plan.source}; trained theta)")
+
+
 def build_method(model: str | None = None, method: str = "gpart", *, adapter: str | None = None, d=None, r=None,
                  alpha=None, seed: int = 0, assignment: str = "balanced", targets=None):
-    """(Method, theta float64, description) from a model's layers + settings, or from a saved adapter file.
+    """(Method, theta float64, description) from a model's layers + settings, or from a saved adapter.
 
-    Taught in notebooks/06_full_scale.ipynb, section "7 · Verify the claims from a terminal".
+    ``adapter``: a gpart_edu adapter file, or a peft folder (whose layers come from ``model`` or the folder's
+    base_model_name_or_path). Taught in notebooks/06_full_scale.ipynb, section "7 · Verify the claims from a
+    terminal", and notebooks/07_bring_your_own_adapter.ipynb (peft folders).
     """
+    if adapter is not None and peft_format.is_peft_folder(adapter):
+        return _from_peft_folder(adapter, model, method)
     if adapter is not None:
         name, config, tlist, theta = read_adapter(adapter)
         if method is not None and registry.canonical(method) != name:
@@ -144,7 +177,13 @@ def format_table(checks, title: str = "") -> str:
 
 def cmd_verify(args) -> int:
     """``gpart-edu verify``: print the table; exit 1 if a claimed property fails."""
-    if args.model and not args.method:
+    peft = args.adapter is not None and peft_format.is_peft_folder(args.adapter)
+    if not args.model and not args.adapter:
+        raise ConfigError("give --model (with --method) or --adapter (a gpart_edu adapter file or a peft folder)")
+    if args.model and args.adapter and not peft:
+        raise ConfigError("--model goes with --method, or with --adapter of a peft folder; an adapter file "
+                          "names its own layers")
+    if args.model and not args.adapter and not args.method:
         raise ConfigError(f"--method is required with --model ({', '.join(registry.NAMES)})")
     meth, theta, what = build_method(args.model, args.method,
                                      adapter=args.adapter, d=args.d, r=args.r, alpha=args.alpha, seed=args.seed,
