@@ -147,10 +147,7 @@ def test_gpart_singular_values_all_one_unilora_spread(kind):
 
 @pytest.mark.parametrize("method,cfg", [("gpart", {"d": 60}), ("gpart", {"d": 60, "assignment": "hashed"}),
                                         ("unilora", {"d": 60, "r": 3}),
-                                        pytest.param("lora", {"r": 2}, marks=pytest.mark.xfail(
-                                            strict=False, reason="issue 14 B: a single-vector Lanczos cannot see "
-                                            "how often LoRA's zero singular value repeats; the certified solver "
-                                            "of that issue removes this mark"))])
+                                        ("lora", {"r": 2})])
 def test_lanczos_matches_dense_svd(method, cfg):
     _, _, ad = _attach("bert", method, **cfg)
     _moved(ad, seed=1)

@@ -3,13 +3,15 @@
 Works on the same maps as ``gpart_edu.geometry`` (Adapter, Method, projection, FlatMap); float64 default.
 
 Math:
-    Singular values of J: dense ``torch.linalg.svdvals`` when D x d fits, otherwise Lanczos (``lab.eigen``:
-    ARPACK ``scipy.sparse.linalg.eigsh``) on the d x d operator J^T J, applied matrix-free as v -> vjp(jvp(v)).
-    sigma = sqrt(lambda(J^T J)), and the bottom-k come from the top of c I - J^T J (c = 1.01 lambda_max), so
-    Lanczos resolves singular values down to sqrt(1.01 max(tol, 100 eps)) * sigma_max (1.5e-7 relative in
-    float64 at tol = 0); smaller ones are reported as "0 within resolution" (cond = inf). Lanczos finds
-    each distinct eigenvalue once and copies of a repeated one only slowly: with an exactly repeated
-    eigenvalue (LoRA's null space) some of the bottom-k may be skipped; sigma_min itself is reliable.
+    Singular values of J: dense ``torch.linalg.svdvals`` when D x d fits, otherwise a certified block Lanczos
+    (``lab.eigen.block_extremes``) on the d x d operator J^T J, applied matrix-free to blocks of columns as
+    X -> vjp(jvp(X)) (vmapped). sigma = sqrt(lambda(J^T J)); both ends come from one block Krylov space whose
+    block (k + 2 random vectors) is wider than the copies of any repeated value among the k wanted, so LoRA's
+    exact zeros (the B = 0 block at init, r^2 symmetry directions per layer) and GPart's all-ones spectrum are
+    counted with their multiplicity. Each returned value is certified by a fresh residual ||J^T J u - lambda u||
+    <= max(tol, 100 eps) lambda_max; values that are not certified are not returned (``converged`` counts them).
+    Zero is resolved to sqrt(max(tol, 100 eps)) * sigma_max (1.5e-7 relative in float64): smaller singular
+    values are "0 within resolution" (cond = inf).
     Projected step (GPart): dL/dtheta = P^T dL/dW, so an SGD step on theta moves W by
     -lr P P^T g_W: the full fine-tuning step -lr g_W projected onto range(P) (P P^T is an orthogonal
     projector because P^T P = I). For other maps J J^T is not a projector; the same checks measure how far.
@@ -96,9 +98,10 @@ def singular_values(obj, theta=None, k: int = 20, dtype=F64, method: str = "auto
                     maxiter: int | None = None, seed: int = 0) -> Spectrum:
     """Compute the top-k and bottom-k singular values of J at theta (all d of them counted, zeros included).
 
-    method: "dense" (svdvals of jacfwd's J), "lanczos" (``eigen.eigsh_operator`` on J^T J, matrix-free, robust:
-    retries on an ARPACK breakdown) or "auto" (dense when D x d fits in 64 MiB). Lanczos keeps whatever
-    converged if ARPACK stops early (see ``converged``). Notebook: 02_lora_unilora_geometry.
+    method: "dense" (svdvals of jacfwd's J), "lanczos" (``eigen.block_extremes`` on J^T J: matrix-free block
+    Lanczos that finds repeated values, each certified by its residual) or "auto" (dense when D x d fits in
+    64 MiB). Lanczos returns only certified values: ``converged[end]`` holds count / wanted, the residuals,
+    ``sigma_error`` (a bound on |sigma - returned|) and why it stopped. Notebook: 02_lora_unilora_geometry.
     """
     f = as_map(obj)
     t = f.point(theta, dtype)
@@ -119,29 +122,59 @@ def singular_values(obj, theta=None, k: int = 20, dtype=F64, method: str = "auto
                         resolution=eps * max(D, f.d) * (s[0] if len(s) else 0.0))
     if k >= f.d - 1:
         raise ConfigError(f"Lanczos needs k < d - 1 (k={k}, d={f.d}); use method='dense' for tiny maps")
-    _, d, Jv, JTu = linearise(f, t, dtype)
-    gram = eigen.numpy_matvec(lambda x: JTu(Jv(x)), dtype)      # v -> J^T J v, float64 numpy
-    opts = dict(tol=tol, maxiter=maxiter, dtype=None, vectors=False, robust=True)
-    res = eigen.eigsh_operator(gram, d, k, seed=seed, **opts)
-    lam, converged, n_matvec = res.values, {"top": res.converged}, res.n_matvec
-    top = np.sort(np.sqrt(np.clip(lam, 0.0, None)))[::-1]
-    lam_max = float(lam.max()) if len(lam) else math.nan
-    if math.isnan(lam_max):  # nothing converged at the top: no safe shift for the bottom either
-        bottom, converged["bottom"] = np.zeros(0), {"count": 0, "solver": "skipped (top did not converge)"}
-    elif lam_max == 0.0:  # J = 0 (e.g. Uni-LoRA at theta = 0): every singular value is 0
-        bottom, converged["bottom"] = np.zeros(k), {"count": k, "solver": "J = 0"}
-    else:
-        # smallest eigenvalues of J^T J = c - largest of (c I - J^T J). ARPACK starts from a vector forced
-        # into the operator's range, so an exact null space of J^T J itself (LoRA's B = 0 block) is never
-        # seen; c I - J^T J has full range. c = 1.01 lambda_max keeps the accuracy at ~eps * lambda_max.
-        c = 1.01 * lam_max
-        res = eigen.eigsh_operator(lambda v: c * v - gram(v), d, k, seed=seed + 7, **opts)
-        bottom, converged["bottom"], n_matvec = np.sort(np.sqrt(np.clip(c - res.values, 0.0, None))), \
-            res.converged, n_matvec + res.n_matvec
-    smax = top[0] if len(top) else math.nan
-    return Spectrum(top, bottom, D, d, "lanczos", time.perf_counter() - t0,
-                    resolution=math.sqrt(1.01 * max(tol, 100 * eps)) * smax, n_matvec=n_matvec,
-                    converged=converged)
+    gram = gram_block(f, t, dtype, D)
+    tol_eff = max(float(tol), 100 * eps)
+    res = eigen.block_extremes(gram, f.d, k_top=k, k_bottom=k, tol=tol_eff, maxiter=maxiter, seed=seed)
+    lam_max = res.converged["top"]["scale"]                    # max |Ritz value| <= lambda_max(J^T J)
+    converged = {end: dict(c) for end, c in res.converged.items()}
+    top = np.sqrt(np.clip(res.top, 0.0, None))
+    bottom = np.sqrt(np.clip(res.bottom, 0.0, None))
+    for end, lam, r in (("top", res.top, res.top_residual), ("bottom", res.bottom, res.bottom_residual)):
+        # |lambda - theta| <= ||R||_2 for k distinct eigenvalues (Kahan), so |sigma - sqrt(theta)| <= this
+        rn = converged[end]["residual_norm"]
+        converged[end]["sigma_error"] = float(max((min(math.sqrt(rn), rn / math.sqrt(x)) if x > 0 else
+                                                   math.sqrt(rn)) for x in lam)) if len(lam) else 0.0
+        if lam_max == 0.0 and len(lam):
+            converged[end]["solver"] = "J = 0"                 # J^T J vanished on a random block: J = 0
+    smax = math.sqrt(lam_max)
+    return Spectrum(top, bottom, D, f.d, "lanczos", time.perf_counter() - t0, resolution=math.sqrt(tol_eff) * smax,
+                    n_matvec=res.n_matvec, converged=converged)
+
+
+def gram_block(obj, theta=None, dtype=F64, D: int | None = None, max_bytes: int = 256 << 20):
+    """Return X (d, p) float64 numpy -> J^T J X: the Gram operator on a block of columns, matrix-free.
+
+    The columns go through one vmapped jvp + vjp (torch.func) in chunks of at most ``max_bytes`` of (D, p)
+    intermediates; a map that vmap cannot batch falls back to one column at a time (same numbers).
+    """
+    f = as_map(obj)
+    t = f.point(theta, dtype)
+    _, vjp_fn = torch.func.vjp(f.fn, t)
+
+    def one(v):
+        return vjp_fn(torch.func.jvp(f.fn, (t,), (v,))[1])[0]
+
+    if D is None:
+        with torch.no_grad():
+            D = f(t).numel()
+    chunk = max(1, max_bytes // (4 * 8 * max(D, f.d)))
+    batched = [torch.func.vmap(one, in_dims=1, out_dims=1)]
+
+    def gram(X):
+        Xt = torch.from_numpy(np.ascontiguousarray(X)).to(dtype)
+        outs = []
+        for j in range(0, Xt.shape[1], chunk):
+            part = Xt[:, j:j + chunk]
+            if batched:
+                try:
+                    outs.append(batched[0](part))
+                    continue
+                except (RuntimeError, NotImplementedError):   # an op vmap cannot batch: one column at a time
+                    batched.clear()
+            outs.append(torch.stack([one(part[:, i]) for i in range(part.shape[1])], dim=1))
+        return torch.cat(outs, dim=1).to(F64).numpy()
+
+    return gram
 
 
 def singular_value_sample(obj, theta=None, m: int = 256, seed: int = 0, dtype=F64) -> np.ndarray:
