@@ -230,7 +230,8 @@ DROP_MARK = "# watchdog-test: drop this reply"
 
 def _tiny_notebook(tmp_path, name="stall.ipynb"):
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell(f"y = x + 1  {DROP_MARK}\nprint('ok y', y)")]
+    nb.cells = [nbformat.v4.new_code_cell("x = 1"),
+                nbformat.v4.new_code_cell(f"y = x + 1  {DROP_MARK}\nprint('ok y', y)")]
     path = tmp_path / name
     nbformat.write(nb, path)
     return path
