@@ -2,7 +2,7 @@
 
 Every error names what is wrong and how to fix it. The classes subclass the built-in
 ``ValueError`` / ``TypeError`` so that generic ``except ValueError`` code keeps working.
-Taught in notebooks/00_quickstart.ipynb (errors name their fix; README "Errors you may see").
+Taught in notebooks/00_quickstart.ipynb (errors name their fix; docs/errors.md).
 """
 
 

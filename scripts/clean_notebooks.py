@@ -3,7 +3,7 @@
     python scripts/clean_notebooks.py [NB ...]          rewrite in place (default: notebooks/NN_*.ipynb)
     python scripts/clean_notebooks.py --check [NB ...]  list what differs; exit 1 if any notebook is dirty
 
-Policy (README "Notebook QA"): notebooks are committed WITHOUT outputs. The canonical form keeps
+Policy (docs/notebook_qa.md): notebooks are committed WITHOUT outputs. The canonical form keeps
     notebook metadata  kernelspec (python3), language_info.name, execution (nbmake/nbclient timeout);
     cell metadata      tags (known tags only are allowed by tests/test_hygiene.py) and nbmake;
     code cells         outputs [] and execution_count null;

@@ -7,7 +7,7 @@ Each run is a fresh kernel (nbclient), MPLBACKEND removed, GPART_EDU_MODE set; t
 from kernel start to the end of the last cell (what "Restart kernel and run all" costs a learner).
 The hardware line and the load average before/after say how trustworthy the numbers are: on a shared
 machine they are inflated. Exit status 1 if any notebook fails. ``--keep DIR`` saves the executed
-notebooks (outputs included) for reading; they are not committed (see README, notebook policy).
+notebooks (outputs included) for reading; they are not committed (see docs/notebook_qa.md).
 """
 from __future__ import annotations
 

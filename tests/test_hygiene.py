@@ -1,6 +1,6 @@
 """Repository hygiene: committed notebooks follow the policy; environment.yml mirrors pyproject.toml.
 
-Notebook policy (README "Notebook QA"): notebooks are committed without outputs, in the canonical form
+Notebook policy (docs/notebook_qa.md): notebooks are committed without outputs, in the canonical form
 that `make notebooks` (scripts/clean_notebooks.py) writes. Their outputs are produced and checked by
 tests/test_notebooks.py (nbclient) and tests/test_browser.py (JupyterLab in Chromium) instead.
 """

@@ -5,7 +5,7 @@
     checks = measured.gpu_checks()                 # every PASS / FAIL / INFO line of the GPU checks
 
 Nothing here runs on a GPU: it reads the files of a run made on one (an NVIDIA H200 in this repository) so that
-notebooks/06_full_scale.ipynb and the README show measured numbers beside the CPU ones. Taught in notebook 06
+notebooks/06_full_scale.ipynb and docs/full_scale.md show measured numbers beside the CPU ones. Taught in notebook 06
 ("Measured on one H200").
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ def _read(name: str, folder=None) -> dict:
     path = Path(folder or RESULTS_DIR) / name
     if not path.is_file():
         raise ConfigError(f"{path} does not exist: run `python scripts/gpu_validation.py --out {path.parent}` on a "
-                          f"machine with a CUDA GPU first (see README, 'Measured on a GPU')")
+                          f"machine with a CUDA GPU first (see docs/full_scale.md, 'Measured on one H200')")
     return json.loads(path.read_text())
 
 
@@ -79,7 +79,7 @@ def gpu_checks(folder=None) -> list[dict]:
     """Return every PASS / FAIL / INFO / SKIP line of the GPU checks (landscape, full scale, MiniLM part).
 
     The MiniLM-dependent checks were run in a separate call (full_scale_minilm.json): their lines replace the
-    failed ones of full_scale.json, whose machine did not have the MiniLM checkpoint (see the README).
+    failed ones of full_scale.json, whose machine did not have the MiniLM checkpoint (see docs/full_scale.md).
     """
     lines = [dict(x, source="landscape") for x in _read("landscape.json", folder)["lines"]]
     minilm = [dict(x, source="full_scale_minilm") for x in _read("full_scale_minilm.json", folder)["lines"]
