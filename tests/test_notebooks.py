@@ -9,11 +9,14 @@ One kernel runs all code cells, then all code cells again (the second pass is wh
 MPLBACKEND is removed from the kernel's environment (a leaked "Agg" makes plots vanish silently); the
 guard itself is tested at the bottom of this file with a control that shows the leak is detected.
 
-A watchdog (``WatchedClient``) bounds the one wait that could hang for the whole cell time-out: once the kernel
-has reported "idle" for a cell on IOPub (the cell has finished), its execute_reply must arrive within REPLY_GRACE
-seconds; otherwise the run stops with ``KernelStalled`` and ``run_twice`` restarts the kernel and runs that
-notebook again, once, saying so (a warning in pytest's summary and a line on stdout). Tested by fault
-injection: a kernel client that drops one execute_reply.
+A watchdog (``WatchedClient``) bounds the two waits that could hang for the whole cell time-out while the kernel
+sits idle: (1) the kernel must *start* a cell -- publish any IOPub message for its request (its "busy" status
+comes first) -- within START_GRACE seconds of the request, else the request is taken as never read; (2) once the
+kernel has reported "idle" for a cell (the cell has finished), its execute_reply must arrive within REPLY_GRACE
+seconds. A cell that runs long is never stopped by either (it is busy, and only the cell time-out applies).
+Either stall stops the run with ``KernelStalled`` and ``run_twice`` restarts the kernel and runs that notebook
+again, once, saying so (a warning in pytest's summary and a line on stdout). Tested by fault injection: a
+kernel client that drops one execute_reply, and one that never sends one execute_request.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 CELL_TIMEOUT = 600
 REPLY_GRACE = 120.0        # s: how long a finished cell (kernel idle on IOPub) may wait for its execute_reply
+START_GRACE = 120.0        # s: how long a request may wait for the kernel's first IOPub message about it
 CLAIM = re.compile(r"^(ok|FAIL) +\S.*$", re.M)       # what gpart_edu.runtime.check prints
 DURATION = re.compile(r"\b\d+(?:\.\d+)?\s?(?:ms|s|min)\b")  # wall-clock times in a claim are not results
 # float64 rounding residues (|x| < 1e-12, or exactly 0) depend on BLAS blocking and memory alignment, which may change between
@@ -47,18 +51,33 @@ def kernel_env(mode: str = "smoke", base: dict | None = None) -> dict:
 
 
 class KernelStalled(RuntimeError):
-    """A cell finished (the kernel went idle) but its execute_reply never came."""
+    """The kernel never started a cell it was sent, or finished it (went idle) but its execute_reply never came."""
 
 
 class WatchedClient(NotebookClient):
     """nbclient's client with a watchdog on the execute_reply of a cell that has already finished."""
 
     reply_grace = REPLY_GRACE
+    start_grace = START_GRACE
+
+    def process_message(self, msg, cell, cell_index):
+        # called for every IOPub message whose parent is the pending request: the kernel has started that cell
+        self._started_ids = getattr(self, "_started_ids", set()) | {msg["parent_header"].get("msg_id")}
+        return super().process_message(msg, cell, cell_index)
 
     async def _async_poll_for_reply(self, msg_id, cell, timeout, task_poll_output_msg, task_poll_kernel_alive):
         reply = asyncio.ensure_future(super()._async_poll_for_reply(
             msg_id, cell, timeout, task_poll_output_msg, task_poll_kernel_alive))
-        await asyncio.wait({reply, task_poll_output_msg}, return_when=asyncio.FIRST_COMPLETED)
+        loop, pending = asyncio.get_running_loop(), {reply, task_poll_output_msg}
+        deadline = loop.time() + self.start_grace
+        while msg_id not in getattr(self, "_started_ids", ()) and not any(t.done() for t in pending):
+            if loop.time() > deadline:                  # no "busy", no output, no reply: the request was not read
+                reply.cancel()
+                task_poll_kernel_alive.cancel()
+                raise KernelStalled(f"the kernel did not start cell {cell.get('id')!r} (no IOPub message for its "
+                                    f"request) within {self.start_grace:.0f} s")
+            await asyncio.wait(pending, timeout=min(0.5, self.start_grace))
+        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         if not reply.done():            # IOPub said idle: the cell is over, only the reply is missing
             done, _ = await asyncio.wait({reply}, timeout=self.reply_grace)
             if not done:
@@ -226,6 +245,59 @@ class DropOneReply(WatchedClient):
 
 
 DROP_MARK = "# watchdog-test: drop this reply"
+UNSENT_MARK = "# watchdog-test: never send this request"
+
+
+class NeverSendOneRequest(WatchedClient):
+    """Fault injection: the execute_request of the first cell whose source holds UNSENT_MARK is never sent (as if
+    the kernel never read it), once per class; the client waits for it under a fresh msg_id."""
+
+    start_grace = 3.0
+    unsent = 0
+
+    async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
+        if UNSENT_MARK in cell.get("source", "") and type(self).unsent == 0:
+            real = self.kc.execute
+
+            def execute(*args, **kwargs):
+                self.kc.execute = real
+                type(self).unsent += 1
+                return f"never-sent-{cell_index}"
+            self.kc.execute = execute
+        return await super().async_execute_cell(cell, cell_index, execution_count, store_history)
+
+
+def test_watchdog_stops_a_run_whose_request_is_never_started(tmp_path):
+    import time
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1"),
+                nbformat.v4.new_code_cell(f"y = x + 1  {UNSENT_MARK}\nprint('ok y', y)")]
+    NeverSendOneRequest.unsent = 0
+    t0 = time.perf_counter()
+    err, last = execute(nb, tmp_path, kernel_env("smoke"), NeverSendOneRequest)
+    waited = time.perf_counter() - t0
+    assert isinstance(err, KernelStalled) and "did not start cell" in str(err) and "within 3 s" in str(err), err
+    assert last == 1 and NeverSendOneRequest.unsent == 1
+    assert waited < CELL_TIMEOUT / 2, f"the watchdog let the run wait {waited:.0f} s"
+    # a cell that runs longer than the start grace is busy, not stalled: it must not be stopped
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import time; time.sleep(5); print('ok slept')")]
+    assert execute(nb, tmp_path, kernel_env("smoke"), NeverSendOneRequest)[0] is None
+    assert "ok slept" in nb.cells[0].outputs[0]["text"]
+
+
+def test_run_twice_restarts_a_notebook_whose_request_was_never_started(tmp_path, capsys):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(f"z = 41 + 1  {UNSENT_MARK}\nprint('ok z', z)")]
+    path = tmp_path / "unsent.ipynb"
+    nbformat.write(nb, path)
+    NeverSendOneRequest.unsent = 0
+    with pytest.warns(RuntimeWarning, match="did not start cell"):
+        first, second, err1, err2 = run_twice(path, NeverSendOneRequest)
+    _RUNS.pop(path)
+    assert err1 is None and err2 is None and NeverSendOneRequest.unsent == 1
+    assert "ok z 42" in "".join(o.get("text", "") for o in first[0].outputs)
+    assert "watchdog:" in capsys.readouterr().out
 
 
 def _tiny_notebook(tmp_path, name="stall.ipynb"):
