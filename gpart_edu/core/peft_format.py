@@ -236,7 +236,7 @@ def plan(folder: PeftFolder, model: nn.Module) -> PeftPlan:
     if kind == "UNILORA":
         r = int(cfg["r"])
         options = {"d": d, "r": r, "seed": seed, "assignment": "peft-balanced",
-                   "init_scale": float(cfg.get("init_theta_d_bound", 0.02))}
+                   "init_scale": float(cfg.get("init_theta_d_bound") or 0.02)}
         if cfg.get("save_indices"):
             options["assignment"] = _saved_unilora_assignment(folder, own, targets, r, d, seed)
         return PeftPlan(kind, "unilora", options, targets, theta, head)
