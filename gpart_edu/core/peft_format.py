@@ -112,7 +112,7 @@ def is_peft_folder(path) -> bool:
 
 def read_folder(path) -> PeftFolder:
     """Read adapter_config.json and adapter_model.safetensors; AdapterFileError if missing or unreadable."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_dir():
         raise AdapterFileError(f"{path} is not a folder: a peft adapter is a folder holding {CONFIG_FILE} and "
                                f"{WEIGHTS_FILE} (what peft's save_pretrained writes)")
