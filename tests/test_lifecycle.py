@@ -353,3 +353,32 @@ def test_tilde_is_expanded(tmp_path, monkeypatch):
 
 def test_disabled_documents_that_it_is_not_thread_safe():
     assert "thread" in ge.Adapter.disabled.__doc__.lower()
+
+
+# ------------------------------------------------------------------------------- 7 memory of the ids
+def test_balanced_ids_are_the_same_permutation_as_before():
+    P = ge.PartitionProjection(10_007, 97, seed=5)
+    g = torch.Generator().manual_seed(5)
+    assert torch.equal(P.group_ids(), torch.randperm(10_007, generator=g) % 97)     # saved adapters keep their P
+
+
+def test_balanced_ids_peak_memory_is_about_4_bytes_per_weight():
+    import subprocess
+    import sys
+    child = ("import resource, torch\nfrom gpart_edu.core.projections import PartitionProjection\n"
+             "P = PartitionProjection(20_000_000, 10_000, seed=0)\n"
+             "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\nP.index(0, 1)\n"
+             "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(ge.__file__)))
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=root))
+    per_weight = int(out.stdout.split()[-1]) / 20_000_000
+    assert per_weight < 6, f"{per_weight:.2f} B per weight (the int64 recipe needs about 16)"
+
+
+def test_measured_id_memory_is_read_from_the_benchmark_file():
+    from gpart_edu.finetune import measured
+    rows = measured.id_memory()
+    assert set(rows) == {"balanced", "hashed", "old-balanced-int64"}
+    assert all(r["D"] == 10 ** 8 and r["bytes_per_weight"] == r["peak_extra_bytes"] / r["D"] for r in rows.values())
+    assert rows["balanced"]["bytes_per_weight"] < 6 < rows["old-balanced-int64"]["bytes_per_weight"]
