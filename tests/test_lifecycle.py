@@ -382,3 +382,15 @@ def test_measured_id_memory_is_read_from_the_benchmark_file():
     assert set(rows) == {"balanced", "hashed", "old-balanced-int64"}
     assert all(r["D"] == 10 ** 8 and r["bytes_per_weight"] == r["peak_extra_bytes"] / r["D"] for r in rows.values())
     assert rows["balanced"]["bytes_per_weight"] < 6 < rows["old-balanced-int64"]["bytes_per_weight"]
+
+
+def test_detach_removes_the_state_dict_check_also_on_a_deep_copy():
+    import copy
+    model, _, targets = MODEL_KINDS["mlp"](torch.float64)
+    n0 = len(model._load_state_dict_pre_hooks)
+    ad = ge.attach(model, "gpart", d=10, targets=targets[:2])
+    clone = copy.deepcopy(model)
+    ge.get_adapter(clone).detach()
+    assert len(clone._load_state_dict_pre_hooks) == n0 and len(model._load_state_dict_pre_hooks) == n0 + 1
+    ad.detach()
+    assert len(model._load_state_dict_pre_hooks) == n0

@@ -50,7 +50,8 @@ def test_verify_of_a_file_claiming_huge_layers_is_an_input_error(tmp_path, capsy
 
 
 def test_missing_model_folder_and_out_file_are_usage_errors(tmp_path, capsys):
-    base = ["finetune", "--task", "tweets", "--method", "gpart", "--d", "10", "--steps", "1", "--device", "cpu"]
+    base = ["finetune", "--task", "tweets", "--method", "gpart", "--d", "10", "--steps", "1", "--device", "cpu",
+            "--max-train", "8", "--max-eval", "8", "--batch-size", "8", "--no-progress"]
     assert _exit(base + ["--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "no such folder" in capsys.readouterr().err
     (tmp_path / "f").write_text("x")
@@ -61,7 +62,8 @@ def test_missing_model_folder_and_out_file_are_usage_errors(tmp_path, capsys):
 def test_non_empty_out_is_refused_without_overwrite_or_resume(tmp_path, capsys):
     (tmp_path / "results.json").write_text("{}")
     argv = ["finetune", "--model", "minilm", "--task", "tweets", "--method", "gpart", "--d", "10", "--steps", "1",
-            "--device", "cpu", "--out", str(tmp_path)]
+            "--device", "cpu", "--max-train", "8", "--max-eval", "8", "--batch-size", "8", "--no-progress",
+            "--out", str(tmp_path)]
     assert _exit(argv) == 2
     err = capsys.readouterr().err
     assert "not empty" in err and "--overwrite" in err

@@ -70,6 +70,15 @@ class _StateDictCheck:
                 f"with the settings it was saved with, or save/load the adapter with adapter.save / load_adapter")
 
 
+def _remove_state_dict_check(model: nn.Module, adapter) -> None:
+    """Drop ``adapter``'s load_state_dict pre-hook from ``model`` (found by value: a deepcopy keeps no handle)."""
+    hooks = model._load_state_dict_pre_hooks
+    for key, h in list(hooks.items()):
+        check = getattr(h, "hook", h)
+        if isinstance(check, _StateDictCheck) and check.adapter is adapter:
+            del hooks[key]
+
+
 class Adapter(nn.Module):
     """theta (the one trainable nn.Parameter) + a Method + the redirected layers of one model."""
 
@@ -221,9 +230,7 @@ class Adapter(nn.Module):
             if n in self._frozen:
                 p.requires_grad_(self._frozen[n])
         export.unguard_save_pretrained(model)
-        hook = self.__dict__.pop("_hook", None)
-        if hook is not None:
-            hook.remove()
+        _remove_state_dict_check(model, self)
         delattr(model, ADAPTER_ATTR)
         self._layers = []
         object.__setattr__(self, "_model", None)
@@ -372,10 +379,9 @@ def attach(model: nn.Module, method: str, *, targets="all-linear", trainable="au
             adapter._layers.append(m)
         export.guard_save_pretrained(model, adapter)
         handle = model.register_load_state_dict_pre_hook(_StateDictCheck(adapter))
-        object.__setattr__(adapter, "_hook", handle)
     except BaseException:
         if handle is not None:
-            handle.remove()
+            _remove_state_dict_check(model, adapter)
         export.unguard_save_pretrained(model)
         for _, m in found:
             m.__dict__.pop("forward", None)
