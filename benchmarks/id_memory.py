@@ -3,8 +3,8 @@ stored: counted, then consumed, one chunk at a time as the forward does) and the
 
     PYTHONPATH=. python benchmarks/id_memory.py [--D 1e8] [--d 1e6] [--out benchmarks/id_memory.json]
 
-Each case runs in a fresh process: peak RSS (ru_maxrss) after building P and its ids, minus the peak after the
-imports. The numbers are written to benchmarks/id_memory.json, read by ``gpart_edu.finetune.measured.id_memory``
+Each case runs in a fresh process: peak RSS (VmHWM of /proc/self/status, Linux) after building P and its ids, minus
+the peak after the imports. The numbers are written to benchmarks/id_memory.json, read by ``gpart_edu.finetune.measured.id_memory``
 (notebooks/06_full_scale.ipynb, docs/full_scale.md print only these measured numbers).
 """
 from __future__ import annotations
@@ -18,10 +18,17 @@ import sys
 from pathlib import Path
 
 CHILD = r"""
-import resource, sys, torch
+import sys, torch
 from gpart_edu.core.projections import PartitionProjection
+
+
+def peak():   # VmHWM: this process's own peak RSS (ru_maxrss would inherit the parent's peak across exec)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) * 1024
+
+
 D, d, case = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = peak()
 if case == "old-balanced-int64":
     g = torch.Generator().manual_seed(0)
     ids = (torch.randperm(D, generator=g) % d).to(torch.int32)
@@ -29,7 +36,7 @@ else:
     P = PartitionProjection(D, d, seed=0, assignment=case)      # hashed: counts, chunk by chunk
     for _ in P.index_chunks(0, D):                              # what a forward consumes (balanced: all ids)
         pass
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
+print(peak() - base)
 """
 CASES = ("balanced", "hashed", "old-balanced-int64")
 
@@ -55,7 +62,7 @@ def main() -> None:
         rows.append({"case": case, "D": D, "d": d, "peak_extra_bytes": peak, "bytes_per_weight": peak / D})
         print(f"{case:<20} D={D:,} d={d:,}: peak extra RSS {peak / 2**20:,.0f} MiB = {peak / D:.2f} B per weight")
     doc = {"format": "gpart_edu.id_memory", "torch": torch.__version__, "machine": platform.machine(),
-           "python": platform.python_version(), "measure": "peak RSS (ru_maxrss) of a fresh process after building "
+           "python": platform.python_version(), "measure": "peak RSS (VmHWM) of a fresh process after building "
            "P and its ids, minus the peak after the imports", "rows": rows}
     Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
 
