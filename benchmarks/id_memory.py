@@ -1,11 +1,12 @@
 """Measure the peak extra memory of building a partition's group ids: balanced (stored int32 ids), hashed (none
-stored: counted, then consumed, one chunk at a time as the forward does) and the old balanced recipe (int64 randperm, int64 remainder, int32 copy) for reference.
+stored: counted, then consumed, one chunk at a time as the forward does) and, for reference, the old balanced
+recipe (int64 randperm, int64 remainder, int32 copy).
 
     PYTHONPATH=. python benchmarks/id_memory.py [--D 1e8] [--d 1e6] [--out benchmarks/id_memory.json]
 
-Each case runs in a fresh process: peak RSS (VmHWM of /proc/self/status, Linux) after building P and its ids, minus
-the peak after the imports. The numbers are written to benchmarks/id_memory.json, read by ``gpart_edu.finetune.measured.id_memory``
-(notebooks/06_full_scale.ipynb, docs/full_scale.md print only these measured numbers).
+Each case runs in a fresh process: peak RSS (VmHWM of /proc/self/status, Linux) after building P and its ids,
+minus the peak after the imports. The numbers are written to benchmarks/id_memory.json and read by
+``gpart_edu.finetune.measured.id_memory``; notebooks/06_full_scale.ipynb prints only these measured numbers.
 """
 from __future__ import annotations
 
