@@ -394,3 +394,16 @@ def test_detach_removes_the_state_dict_check_also_on_a_deep_copy():
     assert len(clone._load_state_dict_pre_hooks) == n0 and len(model._load_state_dict_pre_hooks) == n0 + 1
     ad.detach()
     assert len(model._load_state_dict_pre_hooks) == n0
+
+
+def test_a_head_the_model_lacks_is_an_error_unless_head_false(tmp_path):
+    model = tiny_bert_classifier()
+    ad = ge.attach(model, "gpart", d=20, targets=["query"])
+    path = ad.save(tmp_path / "a.safetensors")
+    other = tiny_bert_classifier()
+    other.classifier = nn.Linear(16, 5).double()                           # another number of labels
+    with pytest.raises(ge.AttachError, match="head=False"):
+        ge.load_adapter(path, other)
+    assert ge.get_adapter(other) is None
+    back = ge.load_adapter(path, other, head=False)
+    assert torch.equal(back.theta.detach(), ad.theta.detach()) and other.classifier.out_features == 5

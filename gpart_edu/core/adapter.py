@@ -14,16 +14,15 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-import warnings
 
 import torch
 from torch import nn
 
-from ..errors import AdapterFileError, AttachError, ConfigError
+from ..errors import AttachError, ConfigError
 from . import export, lifecycle, peft_format, registry
 from .methods import Method
 from .storage import read_adapter_file, write_adapter
-from .targets import describe, find_targets, is_adaptable
+from .targets import describe, find_targets
 
 ADAPTER_ATTR = "gpart_edu_adapter"
 _PATCH_FLAG = "_gpart_edu_patched"
@@ -402,54 +401,15 @@ def get_adapter(model: nn.Module) -> Adapter | None:
     return getattr(model, ADAPTER_ATTR, None)
 
 
-def _check_fits(path, f, model: nn.Module, base_mismatch: str) -> None:
-    """Raise unless file ``f`` fits ``model``: exact layer names, Linear / Conv1D there, shapes, base weights, head."""
-    have = dict(model.named_modules())
-    missing = [t.name for t in f.targets if t.name not in have]
-    if missing:
-        raise AttachError(f"{path} was saved for a model with layers {missing[:3]}"
-                          f"{' ...' if len(missing) > 3 else ''} which this model lacks; load it onto the "
-                          f"base model it was trained on")
-    order = [n for n, _ in model.named_modules() if n in {t.name for t in f.targets}]
-    if order != [t.name for t in f.targets]:
-        raise AttachError(f"{path}: this model orders the adapted layers differently ({order[:3]} ...), so the "
-                          f"partition would map theta to other weights; load it onto the model it was trained on")
-    wrong = [f"{t.name} ({type(have[t.name]).__name__})" for t in f.targets if not is_adaptable(have[t.name])]
-    if wrong:
-        raise AttachError(f"{path}: this model's modules {', '.join(wrong[:3])} are not nn.Linear / Conv1D layers "
-                          f"where the file has adapted layers; load it onto the architecture it was trained on")
-    diff = [f"{s.name}: saved {s.weight_shape}, model {describe(s.name, have[s.name]).weight_shape}"
-            for s in f.targets if describe(s.name, have[s.name]) != s]
-    if diff:
-        raise AttachError(f"{path} does not match this model's layers ({len(diff)} differ): "
-                          f"{'; '.join(diff[:3])}; load it onto the base model it was trained on")
-    if f.base and base_mismatch != "ignore":
-        off = [n for n, fp in f.base.items() if n in have
-               and lifecycle.base_differs(fp, lifecycle.base_fingerprint(have[n].weight))]
-        if off:
-            msg = (f"{path} was trained on other base weights than this model's in {len(off)} of "
-                   f"{len(f.targets)} layers ({', '.join(off[:3])}{' ...' if len(off) > 3 else ''}): the same "
-                   f"theta gives other results on other pretrained weights")
-            if base_mismatch == "error":
-                raise AdapterFileError(msg + "; load it onto the model it was trained on, or pass "
-                                             "base_mismatch='warn' to load it anyway")
-            warnings.warn(msg, stacklevel=3)
-    params = dict(model.named_parameters())
-    bad = [n for n, t in f.head.items() if n not in params or tuple(params[n].shape) != tuple(t.shape)]
-    if bad:
-        raise AttachError(f"{path} holds head tensors {bad[:3]} that this model lacks or shapes differently "
-                          f"(another number of labels?); load it onto the model it was trained on")
-
-
 def load_adapter(path, model: nn.Module, method: str | None = None, trainable="auto", *,
-                 base_mismatch: str = "error", theta_dtype=None) -> Adapter:
+                 base_mismatch: str = "error", head: bool = True, theta_dtype=None) -> Adapter:
     """Attach the adapter saved at ``path`` to ``model`` (same base model, same layers); load theta and the head.
 
     The whole file is validated and matched to ``model`` first (exact layer names and shapes, the fingerprints of
     the pretrained weights, the head's tensors): a file that does not fit raises and leaves the model untouched.
     ``base_mismatch``: "error" (default), "warn" or "ignore" when the base weights differ from those it was
     trained on. Parameters saved as the head are restored and left trainable (``trainable`` applies to files
-    without a head).
+    without a head, or with ``head=False``, which loads theta alone, e.g. onto the bare base model).
     Taught in notebooks/00_quickstart.ipynb, section "6 · Reload into a fresh copy of the pretrained model".
     """
     if base_mismatch not in ("error", "warn", "ignore"):
@@ -458,19 +418,20 @@ def load_adapter(path, model: nn.Module, method: str | None = None, trainable="a
     if method is not None and registry.canonical(method) != f.method:
         raise ConfigError(f"{path} holds a {f.method!r} adapter, not {registry.canonical(method)!r}; "
                           f"call load_adapter(path, model) or method={f.method!r}")
-    _check_fits(path, f, model, base_mismatch)
+    lifecycle.check_fits(path, f, model, base_mismatch, head)
+    saved_head = f.head if head else {}
     exact = re.compile("|".join(re.escape(t.name) for t in f.targets))      # exact names, never suffixes
-    adapter = attach(model, f.method, targets=exact, trainable=() if f.head else trainable,
+    adapter = attach(model, f.method, targets=exact, trainable=() if saved_head else trainable,
                      theta_dtype=theta_dtype, **f.config)
     params = dict(model.named_parameters())
-    saved = {n: params[n].detach().clone() for n in f.head}
+    saved = {n: params[n].detach().clone() for n in saved_head}
     try:
         with torch.no_grad():
             adapter.theta.copy_(f.theta.to(adapter.theta.dtype))
-            for n, t in f.head.items():
+            for n, t in saved_head.items():
                 params[n].copy_(t.to(params[n].dtype))
                 params[n].requires_grad_(True)
-        adapter.trainable_names = sorted(set(adapter.trainable_names) | set(f.head))
+        adapter.trainable_names = sorted(set(adapter.trainable_names) | set(saved_head))
     except BaseException:
         with torch.no_grad():
             for n, t in saved.items():

@@ -4,6 +4,7 @@
     check_header(method, config, targets, theta_len)   types and bounds of a file's header, before allocating
     shared_weights(model, found)   target weights that are tied to (the same tensor as) another parameter
     config_digest(method)          sha256 of (method, config, target list): the adapter's identity
+    check_fits(path, f, model, ...)  an adapter file fits a model: exact names, Linear there, shapes, base, head
 
 Every check raises (or returns what is wrong) before the model is touched, so that a refused load, attach or
 state-dict round trip leaves nothing half-applied. Taught in notebooks/00_quickstart.ipynb, section 6 (reload).
@@ -14,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from dataclasses import astuple
 
 import torch
@@ -21,6 +23,7 @@ from torch import nn
 
 from ..errors import AdapterFileError, AttachError
 from .projections import ASSIGNMENTS, COMPUTED
+from .targets import describe, is_adaptable
 
 MAX_LAYER_SIDE = 1 << 24        # in / out features a header may claim (16.7 M: far beyond any real layer)
 MAX_TARGETS = 1 << 16           # layers a header may list
@@ -193,3 +196,43 @@ def check_materialised(found: list[tuple[str, nn.Module]]) -> None:
         raise AttachError(f"layers {meta[:3]} have weights on the meta device (created empty, e.g. by "
                           f"init_empty_weights or device_map); load the real weights (model.to_empty(...) and "
                           f"load_state_dict, or from_pretrained without meta) before attaching")
+
+
+def check_fits(path, f, model: nn.Module, base_mismatch: str, head: bool) -> None:
+    """Raise unless file ``f`` fits ``model``: exact layer names, Linear / Conv1D there, shapes, base weights, head."""
+    have = dict(model.named_modules())
+    missing = [t.name for t in f.targets if t.name not in have]
+    if missing:
+        raise AttachError(f"{path} was saved for a model with layers {missing[:3]}"
+                          f"{' ...' if len(missing) > 3 else ''} which this model lacks; load it onto the "
+                          f"base model it was trained on")
+    order = [n for n, _ in model.named_modules() if n in {t.name for t in f.targets}]
+    if order != [t.name for t in f.targets]:
+        raise AttachError(f"{path}: this model orders the adapted layers differently ({order[:3]} ...), so the "
+                          f"partition would map theta to other weights; load it onto the model it was trained on")
+    wrong = [f"{t.name} ({type(have[t.name]).__name__})" for t in f.targets if not is_adaptable(have[t.name])]
+    if wrong:
+        raise AttachError(f"{path}: this model's modules {', '.join(wrong[:3])} are not nn.Linear / Conv1D layers "
+                          f"where the file has adapted layers; load it onto the architecture it was trained on")
+    diff = [f"{s.name}: saved {s.weight_shape}, model {describe(s.name, have[s.name]).weight_shape}"
+            for s in f.targets if describe(s.name, have[s.name]) != s]
+    if diff:
+        raise AttachError(f"{path} does not match this model's layers ({len(diff)} differ): "
+                          f"{'; '.join(diff[:3])}; load it onto the base model it was trained on")
+    if f.base and base_mismatch != "ignore":
+        off = [n for n, fp in f.base.items() if n in have
+               and base_differs(fp, base_fingerprint(have[n].weight))]
+        if off:
+            msg = (f"{path} was trained on other base weights than this model's in {len(off)} of "
+                   f"{len(f.targets)} layers ({', '.join(off[:3])}{' ...' if len(off) > 3 else ''}): the same "
+                   f"theta gives other results on other pretrained weights")
+            if base_mismatch == "error":
+                raise AdapterFileError(msg + "; load it onto the model it was trained on, or pass "
+                                             "base_mismatch='warn' to load it anyway")
+            warnings.warn(msg, stacklevel=4)
+    params = dict(model.named_parameters())
+    bad = [n for n, t in f.head.items() if n not in params or tuple(params[n].shape) != tuple(t.shape)]
+    if bad and head:
+        raise AttachError(f"{path} holds head tensors {bad[:3]} that this model lacks or shapes differently "
+                          f"(another number of labels?); load it onto the model it was trained on, or pass "
+                          f"head=False to load theta alone")
