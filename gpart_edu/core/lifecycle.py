@@ -1,7 +1,9 @@
 """Checks of the adapter's life cycle: what a file, a state dict or a model must satisfy before anything changes.
 
     base_fingerprint(W)            three float64 numbers that tell one set of pretrained weights from another
-    check_header(method, config, targets, theta_len)   types and bounds of a file's header, before allocating
+    check_targets(raw, where), expected_theta_len(method, config, targets, where)
+                                   types and bounds of a file's header and theta's length, before allocating
+    check_theta(theta, n, where)   1-D, floating, length n, finite
     shared_weights(model, found)   target weights that are tied to (the same tensor as) another parameter
     config_digest(method)          sha256 of (method, config, target list): the adapter's identity
     check_fits(path, f, model, ...)  an adapter file fits a model: exact names, Linear there, shapes, base, head
