@@ -12,8 +12,10 @@
     gpart-edu audit --recipe minilm-tweets                                     # the recipe's map at its init
     python -m gpart_edu ...  is the same command;  gpart-edu --version
 
-Exit status: 0 success / every claimed property holds; 1 a claimed property fails (verify); 2 usage or
-configuration error (out-of-range values, unknown names), with a message saying what to change.
+Exit status (``EXIT_*``; docs/errors.md): 0 success / every claimed property holds; 1 a claimed property fails
+(verify, audit); 2 usage or input error (out-of-range values, unknown names, a missing --model folder, a damaged
+adapter file, a non-empty --out), with a message saying what to change; 3 internal error (a bug: the traceback is
+printed); 130 interrupted (Ctrl-C).
 Taught in notebooks/06_full_scale.ipynb, sections 3 and 7 (how to launch; verify from a terminal).
 """
 from __future__ import annotations
@@ -23,18 +25,22 @@ import json
 import math
 import os
 import sys
+import traceback
 from pathlib import Path
 from statistics import mean, pstdev
 
 import torch.distributed as dist
 
-from . import __version__
+from . import __version__, assets
 from .core import registry
 from .core.projections import ASSIGNMENTS
 from .errors import GPartEduError
 from .finetune import engine, optim, recipes, tasks
 from .lab.audit import cmd_audit
 from .lab.verify import cmd_verify
+
+
+EXIT_OK, EXIT_CLAIM_FAILS, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 # --------------------------------------------------------------------------------- arg types
@@ -130,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--logging-steps", type=POS_INT)
     f.add_argument("--stop-after-steps", type=POS_INT, help="stop and checkpoint at this step (time budget)")
     f.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT")
+    f.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT, replacing its results")
     f.add_argument("--dataset-path", help="a local copy of a hub task's data (folder)")
     f.add_argument("--workers", type=NONNEG_INT, help="data-loading worker processes (default 0)")
     f.add_argument("--no-progress", action="store_true", help="no progress bar (evaluations are printed)")
@@ -194,8 +201,32 @@ def config_from_args(args) -> engine.RunConfig:
         if given["method"] in ("head", "full") and "head_lr" not in given and "lr" not in given:
             given["lr"] = 1e-3
         cfg = engine.RunConfig(**given)
+    cfg.model = check_model(cfg.model)
     cfg.validate()
     return cfg
+
+
+def check_model(name: str) -> str:
+    """Return --model with ``~`` expanded; a name that is a local path must be an existing folder."""
+    if name in (assets.MINILM, assets.SMOLLM2):
+        return name
+    path = Path(name).expanduser()
+    local = name.startswith(("/", ".", "~")) or name.count("/") >= 2 or path.exists()
+    if local and not path.is_dir():
+        raise GPartEduError(f"--model {name}: no such folder ({'a file' if path.exists() else 'missing'}); give a "
+                            f"folder saved with save_pretrained, 'minilm', or a hub id such as org/name")
+    return str(path) if local else name
+
+
+def check_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """--out must be a folder (or not exist yet); a non-empty one only with --resume or --overwrite."""
+    if out.exists() and not out.is_dir():
+        raise GPartEduError(f"--out {out} is a file; give a folder (it will hold results.json, the adapter and "
+                            f"the checkpoints)")
+    if out.is_dir() and any(out.iterdir()) and not (resume or overwrite):
+        held = ", ".join(sorted(p.name for p in out.iterdir())[:4])
+        raise GPartEduError(f"--out {out} is not empty (it holds {held}): pass --resume to continue its checkpoint, "
+                            f"--overwrite to replace its results, or choose a new folder")
 
 
 def _synchronize() -> None:
@@ -215,7 +246,8 @@ def _leave_process_group() -> None:
 def cmd_finetune(args) -> int:
     cfg = config_from_args(args)
     seeds = args.seeds or [cfg.seed]
-    out, runs = Path(args.out), []
+    out, runs = Path(args.out).expanduser(), []
+    check_out(out, args.resume, args.overwrite)
     command = "gpart-edu " + " ".join(sys.argv[1:])
     try:
         for s in seeds:
@@ -267,19 +299,35 @@ def cmd_recipes(args) -> int:
     return 0
 
 
+def run_command(args) -> int:
+    if args.command == "finetune":
+        return cmd_finetune(args)
+    if args.command == "verify":
+        return cmd_verify(args)
+    if args.command == "audit":
+        return cmd_audit(args, recipes.get(args.recipe) if args.recipe else None)
+    return cmd_recipes(args)
+
+
 def main(argv=None) -> int:
+    """Run the command; return its exit status (0 / 1 claim fails / 2 usage or input / 3 internal / 130 Ctrl-C)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)    # usage errors exit 2 here
     try:
-        if args.command == "finetune":
-            return cmd_finetune(args)
-        if args.command == "verify":
-            return cmd_verify(args)
-        if args.command == "audit":
-            return cmd_audit(args, recipes.get(args.recipe) if args.recipe else None)
-        return cmd_recipes(args)
+        return run_command(args)
     except GPartEduError as e:
         parser.error(str(e))          # usage + message, exit 2
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        print(f"gpart-edu: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("gpart-edu: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 -- anything else is a bug: say so, with the traceback, and exit 3
+        traceback.print_exc()
+        print(f"gpart-edu: internal error ({type(e).__name__}: {e}); this is a bug, please report it with the "
+              f"traceback above", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from torch.func import functional_call, jacrev, jvp, vjp
 
 import gpart_edu as ge
 from gpart_edu.core.adapter import ADAPTER_ATTR
+from gpart_edu.errors import ConfigError
 
 from .conftest import METHOD_CASES, MODEL_KINDS, output_of
 
@@ -196,8 +197,9 @@ def test_unilora_init_scale_configurable():
     ad = ge.attach(model, "unilora", d=10, r=2, init_scale=0.5, targets=targets)
     assert 0.2 < ad.theta.abs().max() <= 0.5
     ad.detach()
-    ad = ge.attach(model, "unilora", d=10, r=2, init_scale=0.0, targets=targets)
-    assert torch.count_nonzero(ad.theta) == 0
+    with pytest.raises(ConfigError, match="could never train"):      # A = B = 0: zero gradient for ever
+        ge.attach(model, "unilora", d=10, r=2, init_scale=0.0, targets=targets)
+    assert ge.get_adapter(model) is None
 
 
 def test_copy_of_model_with_adapter_is_independent():

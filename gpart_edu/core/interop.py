@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import AdapterFileError
-from . import peft_format
+from . import lifecycle, peft_format, registry
 from .adapter import Adapter, attach
 
 
@@ -36,6 +36,9 @@ def load_peft(path, model: nn.Module) -> Adapter:
                         f"load_peft(path, model))")
     folder = peft_format.read_folder(path)
     p = peft_format.plan(folder, model)
+    # theta and the head as saved must fit the map and be finite, checked before the model is touched
+    lifecycle.check_theta(p.theta, registry.num_params(p.method, p.targets, **p.options), str(path))
+    lifecycle.check_head(p.head, str(path))
     adapter = attach(model, p.method, targets=[t.name for t in p.targets], trainable=p.head_modules, **p.options)
     params = dict(model.named_parameters())
     saved = {n: params[n].detach().clone() for n in p.head}

@@ -249,8 +249,9 @@ class UniLoRA(_LowRank):
                  assignment: str = "balanced"):
         super().__init__(targets, r)
         if isinstance(init_scale, bool) or not isinstance(init_scale, numbers.Real) \
-                or not math.isfinite(init_scale) or init_scale < 0:
-            raise ConfigError(f"init_scale must be a finite number >= 0, got {init_scale!r}")
+                or not math.isfinite(init_scale) or init_scale <= 0:
+            raise ConfigError(f"init_scale must be a finite number > 0, got {init_scale!r} (at theta = 0 both "
+                              f"factors A = B = 0 and the gradient of every entry is zero: it could never train)")
         self.init_scale = float(init_scale)
         self.P = PartitionProjection(self.D_f, d, seed=seed, assignment=assignment)
 

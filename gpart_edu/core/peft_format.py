@@ -112,7 +112,7 @@ def is_peft_folder(path) -> bool:
 
 def read_folder(path) -> PeftFolder:
     """Read adapter_config.json and adapter_model.safetensors; AdapterFileError if missing or unreadable."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_dir():
         raise AdapterFileError(f"{path} is not a folder: a peft adapter is a folder holding {CONFIG_FILE} and "
                                f"{WEIGHTS_FILE} (what peft's save_pretrained writes)")
@@ -236,7 +236,7 @@ def plan(folder: PeftFolder, model: nn.Module) -> PeftPlan:
     if kind == "UNILORA":
         r = int(cfg["r"])
         options = {"d": d, "r": r, "seed": seed, "assignment": "peft-balanced",
-                   "init_scale": float(cfg.get("init_theta_d_bound", 0.02))}
+                   "init_scale": float(cfg.get("init_theta_d_bound") or 0.02)}
         if cfg.get("save_indices"):
             options["assignment"] = _saved_unilora_assignment(folder, own, targets, r, d, seed)
         return PeftPlan(kind, "unilora", options, targets, theta, head)

@@ -21,6 +21,7 @@ import os
 import resource
 import sys
 import time
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from safetensors.torch import load_file
 from .. import assets
 from ..core import registry
 from ..core.adapter import attach, load_adapter
+from ..core.storage import fingerprint
 from ..core.targets import resolve_targets
 from ..errors import ConfigError
 from . import recipes, train
@@ -206,6 +208,38 @@ def prepare(model, cfg: RunConfig):
     return None
 
 
+RUN_FILE = "gpart_edu_run.json"       # in out, beside checkpoints/: what the checkpoints' theta means
+
+
+def run_identity(cfg: RunConfig, adapter) -> dict:
+    """What a checkpoint's trainable tensors depend on: model, task, method, the map's config and its layers."""
+    ident = {"model": cfg.model, "task": cfg.task, "method": cfg.method}
+    if adapter is not None:
+        ident.update(config=adapter.method.config(), targets=fingerprint(adapter.targets))
+    return json.loads(json.dumps(ident))
+
+
+def check_resume(ckpt_dir: Path, ident: dict) -> None:
+    """Refuse to resume checkpoints made with another model, task, method, config (seed, d, r ...) or layers."""
+    path = ckpt_dir.parent / RUN_FILE
+    if not path.is_file():
+        warnings.warn(f"--resume: {ckpt_dir.parent} has no {RUN_FILE} (written by an older gpart-edu): its method, "
+                      f"config and layers cannot be checked against this run's", stacklevel=2)
+        return
+    saved = json.loads(path.read_text())
+    diff = []
+    for key in ("model", "task", "method", "targets"):
+        if saved.get(key) != ident.get(key):
+            diff.append(f"{key}: checkpoint {saved.get(key)!r}, this run {ident.get(key)!r}")
+    a, b = saved.get("config") or {}, ident.get("config") or {}
+    diff += [f"{k}: checkpoint {a.get(k)!r}, this run {b.get(k)!r}" for k in sorted(set(a) | set(b))
+             if a.get(k) != b.get(k)]
+    if diff:
+        raise ConfigError(f"--resume: the checkpoints in {ckpt_dir} were made with other settings ({'; '.join(diff)}); "
+                          f"their theta means something else under this run's map: resume with the settings they "
+                          f"were made with, or start a new run in another --out")
+
+
 def run(cfg: RunConfig, out, extra: dict | None = None) -> dict:
     """Fine-tune per ``cfg``; write results.json, the adapter (+ head) and summary.md into ``out``.
 
@@ -232,6 +266,12 @@ def run(cfg: RunConfig, out, extra: dict | None = None) -> dict:
 
     model, tok, image = load_model(cfg, spec)
     adapter = prepare(model, cfg)
+    ident = run_identity(cfg, adapter)
+    if resume_from is not None:
+        check_resume(ckpt_dir, ident)
+    elif int(os.environ.get("RANK", "0")) == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RUN_FILE).write_text(json.dumps(ident, indent=2) + "\n")
     data = tasklib.load(cfg.task, tokenizer=tok, max_length=cfg.max_length, max_train=cfg.max_train,
                         max_eval=cfg.max_eval, seed=cfg.seed, dataset_path=cfg.dataset_path,
                         **({"image_size": image["image_size"], "channels": image["channels"],

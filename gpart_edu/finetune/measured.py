@@ -90,3 +90,23 @@ def gpu_checks(folder=None) -> list[dict]:
             continue
         lines.append(dict(x, source="full_scale"))
     return lines + minilm
+
+
+ID_MEMORY = Path(__file__).resolve().parents[2] / "benchmarks" / "id_memory.json"
+
+
+def id_memory(path=None) -> dict[str, dict]:
+    """Return {case: row} of benchmarks/id_memory.json: the measured peak extra RSS of building group ids.
+
+    Cases: "balanced" (int32 ids, drawn without an int64 copy), "hashed" (no ids stored: counted and consumed in
+    chunks) and "old-balanced-int64" (the former int64 recipe, for reference). Each row holds D, d,
+    peak_extra_bytes and bytes_per_weight. Written by ``python benchmarks/id_memory.py``; read by
+    notebooks/06_full_scale.ipynb (section 2, what the recipes cost) so that it prints only measured numbers.
+    """
+    path = Path(path or ID_MEMORY)
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist: run `PYTHONPATH=. python benchmarks/id_memory.py` first")
+    doc = json.loads(path.read_text())
+    if doc.get("format") != "gpart_edu.id_memory":
+        raise ConfigError(f"{path} has format {doc.get('format')!r}, expected 'gpart_edu.id_memory'")
+    return {r["case"]: r for r in doc["rows"]}
