@@ -211,6 +211,27 @@ def test_cli_audit_on_a_peft_folder(tmp_path, capsys):
     assert "give --adapter" in capsys.readouterr().err
 
 
+def test_cli_audit_on_a_gpart_edu_file_saved_with_a_classifier_head(tmp_path, capsys):
+    """A file trained with trainable="auto" carries the classifier head; the audit loads the bare base model and
+    must measure theta alone (the head is not part of theta -> Delta W)."""
+    from transformers import BertConfig, BertForSequenceClassification
+    cfg = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
+                     max_position_embeddings=16, num_labels=2)
+    torch.manual_seed(0)
+    clf = BertForSequenceClassification(cfg)
+    clf.save_pretrained(tmp_path / "base")
+    adapter = ge.attach(clf, "gpart", d=16, targets=["query", "value"], trainable="auto")
+    with torch.no_grad():
+        adapter.theta.normal_()
+    adapter.save(tmp_path / "a.safetensors")
+    out = tmp_path / "a.json"
+    assert cli.main(["audit", "--model", str(tmp_path / "base"), "--adapter", str(tmp_path / "a.safetensors"),
+                     "--norms", "1", "--pairs", "3", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["d"] == 16 and data["D"] == 2 * 64
+    assert max(abs(s - 1.0) for s in data["singular_values"]) < 1e-12
+
+
 def test_face_audit_is_the_lab_audit():
     import gpart_edu as ge
     assert ge.audit is audit

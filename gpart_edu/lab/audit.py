@@ -33,6 +33,7 @@ from torch import nn
 from ..assets import _quiet_transformers, resolve_model
 from ..core import peft_format
 from ..core.adapter import Adapter, attach, get_adapter, load_adapter
+from ..core.storage import read_adapter_file
 from ..errors import AttachError, ConfigError
 from . import jacobian, peft_maps
 from .geometry import distance_ratios
@@ -325,7 +326,17 @@ def model_for_cli(model: str | None, adapter: str | None, recipe=None) -> nn.Mod
     if not model:
         raise ConfigError("a gpart_edu adapter file needs --model (the base model it was trained on)")
     m = _load_base(model)
-    load_adapter(adapter, m)
+    names = [tg.name for tg in read_adapter_file(adapter).targets]
+    prefix = getattr(m, "base_model_prefix", "")
+    have = {n for n, _ in m.named_modules()}
+    if prefix and names and not set(names) <= have and all(
+            n.startswith(prefix + ".") and n[len(prefix) + 1:] in have for n in names):
+        # trained with a task head (e.g. BertForSequenceClassification: "bert.encoder..."); the bare base model
+        # sits under the task model's base_model_prefix, so nest it there: exact names, same pretrained weights
+        outer = nn.Module()
+        outer.add_module(prefix, m)
+        m = outer.eval()
+    load_adapter(adapter, m, head=False)          # the audit measures theta -> Delta W; the head is not part of it
     return m
 
 
