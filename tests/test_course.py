@@ -211,3 +211,59 @@ def test_known_wrong_answer_is_rejected_with_its_hint(mistake):
     assert hint in str(exc), f"{mistake.name}: expected the hint {hint!r}, got {exc}"
     others = {k: v for k, v in result.items() if k != exercise and v is not None}
     assert not others, f"{mistake.name}: other cells failed: {others}"
+
+
+# ----------------------------------------------- what the lecture widgets and figures promise learners (point 5)
+def test_method_colours_are_fixed_whatever_the_order_or_the_label():
+    import matplotlib
+    matplotlib.use("Agg")
+    import numpy as np
+    from gpart_edu import plots
+    ratios = {"lora (r=2)": {0.1: np.array([0.1, 0.2]), 1.0: np.array([1.0, 2.0])},
+              "GPart": {0.1: np.ones(2), 1.0: np.ones(2)}, "Uni-LoRA": {0.1: np.ones(2), 1.0: np.ones(2)}}
+    ax = plots.plot_ratio_vs_norm(ratios)
+    got = {line.get_label(): matplotlib.colors.to_hex(line.get_color()) for line in ax.lines}
+    want = {k: matplotlib.colors.to_hex(plots.METHOD_COLORS[m]) for k, m in
+            (("lora (r=2)", "lora"), ("GPart", "gpart"), ("Uni-LoRA", "unilora"))}
+    assert got == want
+    costs = [{"recipe": m, "method": m, "allreduce_bytes": 10, "full_ft_allreduce_bytes": 100}
+             for m in ("lora", "unilora", "gpart")]
+    bars = plots.plot_allreduce(costs).patches
+    assert [matplotlib.colors.to_hex(b.get_facecolor()) for b in bars] == \
+        [matplotlib.colors.to_hex(plots._METHOD_STYLE[m][1]) for m in ("lora", "unilora", "gpart")]
+    assert "‖θ‖" in ax.get_xlabel()
+    matplotlib.pyplot.close("all")
+
+
+def test_isometry_explorer_recomputes_once_per_drag_and_shows_errors_in_the_widget(monkeypatch):
+    from gpart_edu import widgets
+    box = widgets.isometry_explorer(n_pairs=10)
+    sliders = [c for c in box.controls.values() if hasattr(c, "continuous_update")]
+    assert sliders and all(not c.continuous_update for c in sliders)   # a drag sends one value, on release
+    seen = []
+
+    def broken(*args):
+        seen.append(box.children[-2].value)                             # the readout while computing
+        raise RuntimeError("measurement exploded")
+    monkeypatch.setattr(widgets, "explorer_measure", broken)
+    box.controls["seed"].value = 3                                      # must not raise into the kernel
+    assert seen == [widgets.BUSY_HTML]
+    readout = box.children[-2].value
+    assert "error" in readout and "RuntimeError: measurement exploded" in readout
+    assert box.result == {"error": "RuntimeError: measurement exploded"}
+
+
+def test_landscape_explorer_shows_callback_errors_in_the_widget(monkeypatch):
+    import torch
+    from torch import nn
+    from gpart_edu import widgets
+    from gpart_edu.lab import landscape
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(60, 4, generator=g), torch.randint(0, 2, (60,), generator=g)
+    box = widgets.landscape_explorer(problem=(lambda: nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)),
+                                              (x, y), (x, y)), d_values=(4, 8), steps=3, draw=False)
+    assert box.state["error"] is None
+    monkeypatch.setattr(landscape, "grid", lambda *a, **k: (_ for _ in ()).throw(ValueError("no grid today")))
+    box.controls["resolution"].value = 7
+    status = [c for c in box.children if "gpart-explorer-readout" in c._dom_classes][0]
+    assert "ValueError: no grid today" in status.value and isinstance(box.state["error"], ValueError)
