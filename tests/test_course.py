@@ -10,6 +10,8 @@ course/exercises/student/ (scripts/make_student.py). Checked here:
   * no solution text in a student file; student files not stale; generating them is idempotent;
   * >= 24 graded exercises, >= 2 per lecture notebook 00-06, grader metadata complete.
 Student and mistake variants run in-process (exec per cell, fresh namespace): no kernel start per variant.
+Cost (measured 2026-12-05 on the 2-core CI-class machine while shared, load average ~6): 58 tests in 2 min 38 s,
+of which 2 min 16 s are the seven kernels of the source notebooks (marked slow; 13-33 s each).
 """
 from __future__ import annotations
 
@@ -140,6 +142,7 @@ def test_make_student_check_reports_nothing_stale():
 
 
 # ---------------------------------------------------------------------------- running the notebooks
+@pytest.mark.slow                          # 15-30 s each: a kernel, torch and (00, 05, 06) transformers
 @pytest.mark.parametrize("path", SOURCES, ids=IDS)
 def test_source_notebook_runs_clean_in_smoke_mode(path, tmp_path):
     from nbclient import NotebookClient
