@@ -120,7 +120,7 @@ def theta_scale_explorer(adapter, data=None, t_min: float = -1.0, t_max: float =
     def on_change(change=None):
         readout.value = render(measure(float(slider.value)))
 
-    slider.observe(on_change, names="value")
+    slider.observe(_guarded(on_change, readout), names="value")
     on_change()
     box = widgets.VBox([widgets.HTML(f"<b>Scale the trained θ</b> (d = {theta.numel():,}, "
                                      f"‖θ‖ = {theta_norm:.4f}): ΔW(t·θ)"), slider, readout])
