@@ -81,3 +81,8 @@ notebook-times: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+# Course kit (course/README.md): the student exercise notebooks, generated from the single-source ones.
+.PHONY: student
+student: venv
+	$(BIN)/python scripts/make_student.py

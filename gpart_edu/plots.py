@@ -9,16 +9,25 @@ def _plt():
     return plt
 
 
+# One colour per method in every figure (key: a method name or the start of a label, case and "-" ignored).
+METHOD_COLORS = {"unilora": "C1", "lora": "C2", "gpart": "C0", "partition": "C0", "control": "C4", "gaussian": "C3",
+                 "fastfood": "C5", "head": "0.4", "full": "k"}
+
+
+def method_color(name, i: int = 0) -> str:
+    """The fixed colour of the method that ``name`` names ("gpart", "Uni-LoRA", "lora (r=2)", ...), else C{6+i}."""
+    key = str(name).lower().replace("-", "").replace(" ", "")
+    return next((c for k, c in METHOD_COLORS.items() if key.startswith(k)), f"C{(6 + i) % 10}")
+
+
 def plot_history(hist, ax=None, label: str | None = None, smooth: int = 5):
     """Training loss per step (raw, faint) and a running mean over ``smooth`` steps; evals as dots.
 
     Taught in notebooks/00_quickstart.ipynb, section "4 · Train for a few steps".
     """
-    plt = _plt()
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3.2))
+    ax = _ax(ax, (6, 3.2))
     steps = list(range(1, len(hist.losses) + 1))
-    line, = ax.plot(steps, hist.losses, alpha=0.3, lw=1)
+    line, = ax.plot(steps, hist.losses, alpha=0.3, lw=1, color=method_color(label, len(ax.lines)) if label else None)
     k = max(1, min(smooth, len(hist.losses)))
     run = [sum(hist.losses[max(0, i - k + 1): i + 1]) / (i - max(0, i - k + 1) + 1) for i in range(len(hist.losses))]
     ax.plot(steps, run, color=line.get_color(), lw=2, label=(label or "train") + f" (mean of {k})")
@@ -100,12 +109,10 @@ def plot_landscape_lines(curves: dict, ax=None, log: bool = False, xlabel: str |
 
     Taught in notebooks/03_loss_landscapes.ipynb, section "2 · An MLP on real MNIST digits".
     """
-    plt = _plt()
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3.4))
-    for label, c in curves.items():
+    ax = _ax(ax, (6, 3.4))
+    for i, (label, c) in enumerate(curves.items()):
         t, z = c.coords[0], np.asarray(c.loss, dtype=float)
-        line_, = ax.plot(t, z, lw=2, label=label)
+        line_, = ax.plot(t, z, lw=2, label=label, color=method_color(label, i))
         ends = [0.0, 1.0] if c.meta.get("kind") == "interpolation" else [0.0]
         for e in ends:
             i = int(np.flatnonzero(t == e)[0])
@@ -149,9 +156,7 @@ def plot_spectral_density(densities: dict, ax=None, sigma: float | None = None, 
 
     Taught in notebooks/03_loss_landscapes.ipynb, section 2 ("Curvature of the MLP").
     """
-    plt = _plt()
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3.2))
+    ax = _ax(ax, (6, 3.2))
     allnodes = np.concatenate([nw[0] for nw in densities.values()])
     lo, hi = float(allnodes.min()), float(allnodes.max())
     width = max(hi - lo, 1e-12)
@@ -198,7 +203,7 @@ def plot_matrix(M, ax=None, title: str = "", fmt: str = "{:.2f}", cmap: str = "B
 
 
 def plot_group_sizes(counts_by_name: dict, ax=None, bins: int = 40):
-    """Histogram of partition group sizes n_j, one per assignment.
+    """Histogram of partition group sizes nⱼ, one per assignment.
 
     Taught in notebooks/01_isometric_partition.ipynb, section "2 · Three ways to choose the groups".
     """
@@ -206,26 +211,25 @@ def plot_group_sizes(counts_by_name: dict, ax=None, bins: int = 40):
     for name, counts in counts_by_name.items():
         c = counts.cpu().numpy() if hasattr(counts, "cpu") else counts
         ax.hist(c, bins=bins, alpha=0.5, label=f"{name} (min {c.min()}, max {c.max()})")
-    ax.set_xlabel("group size n_j")
-    ax.set_ylabel("number of groups")
+    ax.set(xlabel="group size nⱼ", ylabel="number of groups")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return ax
 
 
 def plot_distance_ratios(ratios_by_name: dict, ax=None, bins: int = 40, logx: bool = False):
-    """Histogram of ||f(x) - f(y)|| / ||x - y|| per map; the isometry is the vertical line at 1.
+    """Histogram of ‖f(x) − f(y)‖ / ‖x − y‖ per map (fixed method colours); the isometry is the line at 1.
 
     Taught in notebooks/01_isometric_partition.ipynb, section "4 · Random projections: isometric only in expectation".
     """
     ax = _ax(ax)
-    for name, r in ratios_by_name.items():
-        r = np.asarray(r)
+    for i, (name, r) in enumerate(ratios_by_name.items()):
+        r, color = np.asarray(r), method_color(name, i)
         if np.ptp(r) < 1e-9:  # an exact isometry: one spike
-            ax.axvline(r.mean(), lw=3, alpha=0.7, label=f"{name}: all {r.mean():.12f}")
+            ax.axvline(r.mean(), lw=3, alpha=0.7, color=color, label=f"{name}: all {r.mean():.12f}")
         else:
             edges = np.geomspace(r.min(), r.max(), bins) if logx and r.min() > 0 else bins
-            ax.hist(r, bins=edges, alpha=0.5, label=f"{name}: {r.min():.3g} .. {r.max():.3g}")
+            ax.hist(r, bins=edges, alpha=0.5, color=color, label=f"{name}: {r.min():.3g} .. {r.max():.3g}")
     ax.axvline(1.0, color="k", ls=":", lw=1)
     if logx:
         ax.set_xscale("log")
@@ -234,7 +238,7 @@ def plot_distance_ratios(ratios_by_name: dict, ax=None, bins: int = 40, logx: bo
         lo, hi = vals.min(), vals.max()
         pad = max(0.05 * (hi - lo), 0.05)
         ax.set_xlim(max(0.0, lo - pad), hi + pad)
-    ax.set_xlabel("distance ratio ||f(x) - f(y)|| / ||x - y||")
+    ax.set_xlabel("distance ratio ‖f(x) − f(y)‖ / ‖x − y‖")
     ax.set_ylabel("pairs")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
@@ -242,36 +246,35 @@ def plot_distance_ratios(ratios_by_name: dict, ax=None, bins: int = 40, logx: bo
 
 
 def plot_ratio_vs_norm(ratios_by_name: dict, ax=None):
-    """Median distance ratio (5-95 % band) against ||theta||, per map; ``{name: {norm: ratios}}``.
+    """Median distance ratio (5–95 % band) against ‖θ‖ per map, in method colours; ``{name: {norm: ratios}}``.
 
     Taught in notebooks/02_lora_unilora_geometry.ipynb, section "3 · Distance ratios against ‖θ‖".
     """
     ax = _ax(ax)
-    for name, by_norm in ratios_by_name.items():
+    for i, (name, by_norm) in enumerate(ratios_by_name.items()):
         s = np.array(sorted(by_norm))
         q = np.array([np.percentile(by_norm[v], [5, 50, 95]) for v in s])
-        line, = ax.plot(s, q[:, 1], "o-", label=name)
+        line, = ax.plot(s, q[:, 1], "o-", label=name, color=method_color(name, i))
         ax.fill_between(s, q[:, 0], q[:, 2], color=line.get_color(), alpha=0.2)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("||theta||  (both points of each pair)")
-    ax.set_ylabel("distance ratio")
+    ax.set(xlabel="‖θ‖  (both points of each pair)", ylabel="distance ratio")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     return ax
 
 
 def plot_distortion_vs_D(Ds, distortion_by_name: dict, ax=None, ref: float | None = None):
-    """Distortion (e.g. std of the distance ratio) against D on log-log axes; ``ref``: c / sqrt(2D) line.
+    """Distortion (e.g. std of the distance ratio) against D on log-log axes; ``ref``: c / √(2D) line.
 
     Taught in notebooks/01_isometric_partition.ipynb, section "4 · Random projections: isometric only in expectation".
     """
     ax = _ax(ax)
     Ds = np.asarray(Ds, dtype=float)
-    for name, vals in distortion_by_name.items():
-        ax.plot(Ds, np.maximum(np.asarray(vals, dtype=float), 1e-17), "o-", label=name)
+    for i, (name, vals) in enumerate(distortion_by_name.items()):
+        ax.plot(Ds, np.maximum(np.asarray(vals, dtype=float), 1e-17), "o-", label=name, color=method_color(name, i))
     if ref is not None:
-        ax.plot(Ds, ref / np.sqrt(2 * Ds), "k--", lw=1, label=f"{ref:g} / sqrt(2D)")
+        ax.plot(Ds, ref / np.sqrt(2 * Ds), "k--", lw=1, label=f"{ref:g} / √(2D)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("D (output dimension)")
@@ -292,7 +295,7 @@ def plot_singular_values(sv_by_name: dict, ax=None, kind: str = "spectrum", bins
     edges = np.geomspace(pos_all.min(), pos_all.max() * 1.0001, bins) if pos_all.min() < pos_all.max() else bins
     n_spikes = 0
     for i, (name, s) in enumerate(spread.items()):
-        color = f"C{i}"
+        color = method_color(name, i)
         if kind == "spectrum":
             ax.plot(np.arange(1, len(s) + 1), np.maximum(s, 1e-17), ".-", ms=3, label=name, color=color)
             continue
@@ -312,7 +315,7 @@ def plot_singular_values(sv_by_name: dict, ax=None, kind: str = "spectrum", bins
             # over the whole axis; show at least a decade around it
             ax.set_ylim(pos_all.min() / 3, pos_all.max() * 3)
         ax.set_xlabel("index i")
-        ax.set_ylabel("singular value sigma_i of J")
+        ax.set_ylabel("singular value σᵢ of J")
     else:
         ax.set_xscale("log")
         ax.set_xlabel("singular value of J")
@@ -332,10 +335,10 @@ def plot_allreduce(costs: list, ax=None):
     plt = _plt()
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 0.32 * len(costs) + 1.2))
-    colors = {"gpart": "C0", "unilora": "C2", "lora": "C1"}
+    colors = {m: METHOD_COLORS[m] for m in ("gpart", "unilora", "lora")}
     labels = [c["recipe"] for c in costs]
     y = list(range(len(costs)))
-    ax.barh(y, [c["allreduce_bytes"] for c in costs], color=[colors.get(c["method"], "C7") for c in costs])
+    ax.barh(y, [c["allreduce_bytes"] for c in costs], color=[method_color(c["method"]) for c in costs])
     ax.scatter([c["full_ft_allreduce_bytes"] for c in costs], y, marker="|", s=120, color="k")
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
@@ -350,8 +353,9 @@ def plot_allreduce(costs: list, ax=None):
 
 
 # ---- training plots
-_METHOD_STYLE = {"gpart": ("GPart", "C0", "o"), "unilora": ("Uni-LoRA", "C1", "s"), "lora": ("LoRA", "C2", "^"),
-                 "head": ("head only", "0.4", None), "full": ("full FT", "k", None)}
+_METHOD_STYLE = {m: (label, METHOD_COLORS[m], marker) for m, label, marker in (
+    ("gpart", "GPart", "o"), ("unilora", "Uni-LoRA", "s"), ("lora", "LoRA", "^"), ("head", "head only", None),
+    ("full", "full FT", None))}
 
 
 def plot_accuracy_vs_params(summary, ax=None, metric: str = "accuracy", title: str | None = None):
@@ -454,9 +458,7 @@ def plot_training_curves(hist, axes=None, metric: str = "accuracy", title: str |
     if hist is not None and hist.losses:
         steps = list(range(1, len(hist.losses) + 1))
         k = max(1, min(10, len(hist.losses)))
-        csum = [0.0]
-        for v in hist.losses:
-            csum.append(csum[-1] + v)
+        csum = np.concatenate([[0.0], np.cumsum(hist.losses)])
         run = [(csum[i + 1] - csum[max(0, i - k + 1)]) / (i + 1 - max(0, i - k + 1)) for i in range(len(steps))]
         ax_l.plot(steps, hist.losses, alpha=0.3, lw=1, color="C0")
         ax_l.plot(steps, run, lw=2, color="C0", label=f"train (mean of {k})")
@@ -467,10 +469,8 @@ def plot_training_curves(hist, axes=None, metric: str = "accuracy", title: str |
         xs, ys = hist.curve(metric)
         if xs:
             ax_m.plot(xs, ys, "o-", color="C2", ms=4)
-    ax_l.set_xlabel("step")
-    ax_l.set_ylabel("loss")
-    ax_m.set_xlabel("step")
-    ax_m.set_ylabel(f"eval {metric}")
+    ax_l.set(xlabel="step", ylabel="loss")
+    ax_m.set(xlabel="step", ylabel=f"eval {metric}")
     for a in (ax_l, ax_m):
         a.grid(alpha=0.3)
     if title:
@@ -489,7 +489,7 @@ def plot_bars(values: dict, ax=None, ylabel: str = "", errors: dict | None = Non
     labels = list(values)
     ys = [values[k] for k in labels]
     es = [errors.get(k, 0.0) for k in labels] if errors else None
-    bars = ax.bar(range(len(labels)), ys, yerr=es, capsize=3, color=[f"C{i}" for i in range(len(labels))])
+    bars = ax.bar(range(len(labels)), ys, yerr=es, capsize=3, color=[method_color(k, i) for i, k in enumerate(labels)])
     for b, y in zip(bars, ys):
         ax.annotate(fmt.format(y), (b.get_x() + b.get_width() / 2, y), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(labels)), labels, fontsize=8)

@@ -3,6 +3,7 @@ inside the function), so plain pytest can drive it by setting ``.value`` on its 
 from __future__ import annotations
 
 import dataclasses
+import html
 import io
 import math
 import threading
@@ -26,6 +27,23 @@ from .lab.jacobian import singular_values
 from .lab.maps import as_map
 from .lab.random_projections import FastfoodProjection, GaussianProjection
 from .plots import plot_distance_ratios, plot_singular_values, plot_training_curves
+
+BUSY_HTML = "<i>computing …</i>"
+
+
+def _guarded(fn, status, on_error=None):
+    """An observer running ``fn``: ``status`` shows a busy line meanwhile, and any error in the widget itself
+    (a callback's exception would otherwise go to JupyterLab's log console, where a learner never looks)."""
+    def observer(change=None):
+        status.value = BUSY_HTML
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 -- shown to the learner instead of lost in the log console
+            status.value = f"<b style='color:#b00020'>error:</b> {html.escape(f'{type(e).__name__}: {e}')}"
+            if on_error is not None:
+                on_error(e)
+    return observer
+
 
 # ---- quickstart explorer
 EXPLORER_CLASS = "gpart-explorer"            # CSS classes the browser test (tests/test_browser.py) looks for
@@ -102,7 +120,7 @@ def theta_scale_explorer(adapter, data=None, t_min: float = -1.0, t_max: float =
     def on_change(change=None):
         readout.value = render(measure(float(slider.value)))
 
-    slider.observe(on_change, names="value")
+    slider.observe(_guarded(on_change, readout), names="value")
     on_change()
     box = widgets.VBox([widgets.HTML(f"<b>Scale the trained θ</b> (d = {theta.numel():,}, "
                                      f"‖θ‖ = {theta_norm:.4f}): ΔW(t·θ)"), slider, readout])
@@ -164,7 +182,7 @@ def landscape_explorer(problem=None, methods=("gpart", "unilora", "lora"), d_val
     box = W.VBox([W.HBox([controls["method"], controls["d"]]), W.HBox([controls["span"], controls["resolution"]]),
                   controls["direction"], status, output])
     box.controls, box.output = controls, output
-    box.state = {"landscape": None, "figure": None, "message": "", "model": None}
+    box.state = {"landscape": None, "figure": None, "message": "", "model": None, "error": None}
     box.add_class(EXPLORER_CLASS)      # stable selectors for the browser test
     status.add_class(READOUT_CLASS)
 
@@ -195,7 +213,7 @@ def landscape_explorer(problem=None, methods=("gpart", "unilora", "lora"), d_val
         if u.kind == "filter-linearized":
             msg += " — the map is bilinear: the filter direction is pulled back with J(θ*)ᵀ (first order only)"
         fig = plots.plot_landscape_contours({f"{c['method']} (θ-count {obj.d})": surf}) if draw else None
-        box.state.update(landscape=surf, figure=fig, message=msg, model=model)
+        box.state.update(landscape=surf, figure=fig, message=msg, model=model, error=None)
         status.value = msg
         if fig is not None:
             if _in_kernel():  # outside a kernel (pytest) there is nothing to display into
@@ -205,8 +223,9 @@ def landscape_explorer(problem=None, methods=("gpart", "unilora", "lora"), d_val
                     display(fig)
             plt.close(fig)  # shown once, inside the widget; the object stays in box.state
 
+    on_error = lambda e: box.state.update(error=e, message=f"{type(e).__name__}: {e}")  # noqa: E731
     for w in controls.values():
-        w.observe(refresh, names="value")
+        w.observe(_guarded(refresh, status, on_error), names="value")
     box.refresh = refresh
     refresh()
     return box
@@ -278,10 +297,11 @@ def isometry_explorer(n_pairs: int = 150):
     D = sum(t.numel for t in _explorer_targets())
     controls = {
         "method": W.Dropdown(options=list(EXPLORER_METHODS), value="gpart", description="method"),
-        "d": W.IntSlider(value=64, min=1, max=D, description="d"),
-        "r": W.IntSlider(value=2, min=1, max=8, description="r"),
-        "seed": W.IntSlider(value=0, min=0, max=20, description="seed"),
-        "scale": W.FloatLogSlider(value=1.0, base=10, min=-3, max=1, step=0.25, description="||theta||"),
+        "d": W.IntSlider(value=64, min=1, max=D, description="d", continuous_update=False),
+        "r": W.IntSlider(value=2, min=1, max=8, description="r", continuous_update=False),
+        "seed": W.IntSlider(value=0, min=0, max=20, description="seed", continuous_update=False),
+        "scale": W.FloatLogSlider(value=1.0, base=10, min=-3, max=1, step=0.25, description="‖θ‖",
+                                   continuous_update=False),     # a drag recomputes once, on release
     }
     image, summary = W.Image(format="png"), W.HTML()
     box = W.VBox([W.HBox([controls["method"], controls["seed"]]),
@@ -301,19 +321,21 @@ def isometry_explorer(n_pairs: int = 150):
         fig = Figure(figsize=(10, 3.2))
         ax1, ax2 = fig.subplots(1, 2)
         plot_distance_ratios({res["method"]: res["ratios"]}, ax=ax1)
-        ax1.set_title(f"distance ratios, ||x|| = ||y|| = {v['scale']:.3g}", fontsize=9)
+        ax1.set_title(f"distance ratios, ‖x‖ = ‖y‖ = {v['scale']:.3g}", fontsize=9)
         plot_singular_values({res["method"]: res["singular_values"]}, ax=ax2)
-        ax2.set_title("singular values of J = d vec(dW) / d theta", fontsize=9)
+        ax2.set_title("singular values of J = ∂vec(ΔW)/∂θ", fontsize=9)
         fig.subplots_adjust(left=0.06, right=0.99, bottom=0.16, top=0.9, wspace=0.22)
         image.value = _png(fig)
         rr = res["ratios"]
         summary.value = (f"{res['method']}: d = {res['d']}, D = {res['D']}; distance ratio "
-                         f"{rr.min():.4g} .. {rr.max():.4g}; sigma in [{res['sigma_min']:.4g}, "
+                         f"{rr.min():.4g} .. {rr.max():.4g}; σ in [{res['sigma_min']:.4g}, "
                          f"{res['sigma_max']:.4g}], condition number {res['cond']:.4g}")
         box.result = res
 
+    def on_error(e):
+        box.result = {"error": f"{type(e).__name__}: {e}"}
     for c in controls.values():
-        c.observe(update, names="value")
+        c.observe(_guarded(update, summary, on_error), names="value")
     update()
     return box
 
