@@ -340,7 +340,7 @@ def plot_allreduce(costs: list, ax=None):
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.set_xlabel("bytes all-reduced per optimizer step (fp32 gradients)")
+    ax.set(xlabel="bytes all-reduced per optimizer step (fp32 gradients)", ylabel="recipe")
     from matplotlib.patches import Patch
     handles = [Patch(color=col, label=name) for name, col in colors.items()]
     handles.append(ax.scatter([], [], marker="|", s=120, color="k", label="full fine-tuning"))
@@ -479,7 +479,7 @@ def plot_training_curves(hist, axes=None, metric: str = "accuracy", title: str |
 
 
 def plot_bars(values: dict, ax=None, ylabel: str = "", errors: dict | None = None, title: str | None = None,
-              fmt: str = "{:.2f}"):
+              fmt: str = "{:.2f}", xlabel: str = "method"):
     """A labelled bar chart of ``values[label]`` (optional ``errors[label]``), each bar annotated.
 
     Taught in notebooks/05_transformer_finetuning.ipynb,
@@ -493,7 +493,7 @@ def plot_bars(values: dict, ax=None, ylabel: str = "", errors: dict | None = Non
     for b, y in zip(bars, ys):
         ax.annotate(fmt.format(y), (b.get_x() + b.get_width() / 2, y), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
-    ax.set_ylabel(ylabel)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3, axis="y")

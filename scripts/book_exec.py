@@ -42,8 +42,8 @@ def package_hash(package: Path = PACKAGE_DIR) -> str:
     return h.hexdigest()
 
 
-def cache_path(nb_path: Path, mode: str, cache: Path = CACHE) -> Path:
-    return cache / mode / Path(nb_path).name
+def cache_path(nb_path: Path, mode: str, cache: Path | None = None) -> Path:
+    return (CACHE if cache is None else Path(cache)) / mode / Path(nb_path).name
 
 
 def stamp(nb_path: Path, mode: str, executed_by: str) -> dict:
@@ -52,7 +52,7 @@ def stamp(nb_path: Path, mode: str, executed_by: str) -> dict:
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
-def cached(nb_path: Path, mode: str, cache: Path = CACHE, pkg: str | None = None):
+def cached(nb_path: Path, mode: str, cache: Path | None = None, pkg: str | None = None):
     """The executed notebook (nbformat node) when its hashes match the working tree, else None."""
     import nbformat
     out = cache_path(nb_path, mode, cache)
@@ -79,7 +79,7 @@ def _write(nb, nb_path: Path, mode: str, executed_by: str, cache: Path) -> Path:
     return out
 
 
-def store_from_cells(nb_path: Path, code_cells: list, mode: str = "smoke", cache: Path = CACHE,
+def store_from_cells(nb_path: Path, code_cells: list, mode: str = "smoke", cache: Path | None = None,
                      executed_by: str = "tests/test_notebooks.py") -> Path:
     """Store the source notebook with the outputs of ``code_cells`` (its code cells, executed, in order)."""
     import nbformat
@@ -99,7 +99,7 @@ def kernel_env(mode: str) -> dict:
     return env
 
 
-def execute(nb_path: Path, mode: str, cache: Path = CACHE, figures_dir: Path | None = None) -> Path:
+def execute(nb_path: Path, mode: str, cache: Path | None = None, figures_dir: Path | None = None) -> Path:
     """Execute ``nb_path`` in a fresh kernel (cwd notebooks/), optionally exporting every figure; store it."""
     import nbformat
     from nbclient import NotebookClient
@@ -118,7 +118,7 @@ def execute(nb_path: Path, mode: str, cache: Path = CACHE, figures_dir: Path | N
     return _write(nb, nb_path, mode, "scripts/book_exec.py" + (" (figure export)" if hook else ""), cache)
 
 
-def ensure(mode: str, notebooks: list[Path] | None = None, cache: Path = CACHE, figures_dir: Path | None = None,
+def ensure(mode: str, notebooks: list[Path] | None = None, cache: Path | None = None, figures_dir: Path | None = None,
            log=print) -> dict:
     """{name: executed path}: reuse every valid cached copy, execute the rest. With ``figures_dir`` a copy
     counts only if its figures were exported too (figures_dir/<stem>/figures.jsonl exists)."""
