@@ -154,9 +154,9 @@ def fix_links(text: str, depth: int) -> str:
     return re.sub(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)", repl, text)
 
 
-def course_pages(instructor: bool) -> dict:
+def course_pages(instructor: bool, course: Path | None = None) -> dict:
     """{staged relative path: source path} of the course pages that exist now (course/ lands separately)."""
-    c = ROOT / "course"
+    c = ROOT / "course" if course is None else Path(course)
     pages = {}
     if (c / "README.md").exists():
         pages["course/index.md"] = c / "README.md"
@@ -203,15 +203,16 @@ def index_page(stamp: dict, lectures: list[str], docs: list[str], course: dict) 
             + toctree("Reference", ["glossary", "references"]))
 
 
-def stage(mode: str, instructor: bool, executed: dict, src: Path, stamp: dict) -> list[str]:
+def stage(instructor: bool, executed: dict, src: Path, stamp: dict, course_root: Path | None = None,
+          include_docs: bool = True) -> list[str]:
     """Write the Sphinx source tree into ``src``; remove staged files that no longer have a source."""
     wanted = {}
     for name, path in executed.items():
         wanted[f"lectures/{name}"] = stage_lecture(path, book_exec.NOTEBOOK_DIR / name)
-    docs = sorted((ROOT / "docs").glob("*.md"))
+    docs = sorted((ROOT / "docs").glob("*.md")) if include_docs else []
     for p in docs:
         wanted[f"docs/{p.name}"] = fix_links(p.read_text(), 1)
-    course = course_pages(instructor)
+    course = course_pages(instructor, course_root)
     for rel, p in course.items():
         depth = rel.count("/")
         wanted[rel] = stage_exercise(p) if p.suffix == ".ipynb" else fix_links(p.read_text(), depth)
@@ -244,15 +245,19 @@ def remote_assets(site: Path) -> list[str]:
     return found
 
 
-def build(mode: str, instructor: bool = False, log=print) -> dict:
+def build(mode: str, instructor: bool = False, log=print, out: Path | None = None, course_root: Path | None = None,
+          lectures: list[Path] | None = None, include_docs: bool = True, work: Path | None = None) -> dict:
+    """Build the book; returns build-info (pages, seconds). ``lectures=[]`` / ``include_docs=False`` /
+    ``course_root`` / ``out`` / ``work`` (staging and doctrees) make a small book for tests."""
     t0 = time.perf_counter()
-    executed = book_exec.ensure(mode, log=log)
+    executed = book_exec.ensure(mode, lectures, log=log) if lectures != [] else {}
     t_exec = time.perf_counter() - t0
     stamp = make_stamp(mode, instructor)
-    src = BUILD / "book_src" / variant(mode, instructor)
-    changed = stage(mode, instructor, executed, src, stamp)
-    out = out_dir(instructor)
-    doctrees = BUILD / "book_doctrees" / variant(mode, instructor)
+    work = BUILD if work is None else Path(work)
+    src = work / "book_src" / variant(mode, instructor)
+    changed = stage(instructor, executed, src, stamp, course_root, include_docs)
+    out = out_dir(instructor) if out is None else Path(out)
+    doctrees = work / "book_doctrees" / variant(mode, instructor)
     built_mode = (out / ".mode").read_text() if (out / ".mode").exists() else ""
     if built_mode != variant(mode, instructor) and out.exists():
         shutil.rmtree(out)                                  # another mode's pages must not linger
