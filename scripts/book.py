@@ -98,11 +98,8 @@ def stage_lecture(executed: Path, source: Path):
         cells.append(cell)
         if cell.cell_type != "code":
             continue
-        if any(WIDGET_MIME in o.get("data", {}) for o in cell.get("outputs", [])):
-            has_png = any("image/png" in o.get("data", {}) for o in cell.outputs)
-            line = LIVE_LINE if has_png else LIVE_LINE.replace("A static snapshot of the explorer above, as "
-                                                               "the notebook left it", "An interactive explorer")
-            cells.append(nbformat.v4.new_markdown_cell(line))
+        if any(WIDGET_MIME in o.get("data", {}) and "image/png" in o.get("data", {}) for o in cell.get("outputs", [])):
+            cells.append(nbformat.v4.new_markdown_cell(LIVE_LINE))   # an explorer (gpart_edu.snapshot)
     note = (f"*Outputs computed in **{meta.get('mode', '?')}** mode on {meta.get('date', '?')} "
             f"(executed by {meta.get('executed_by', '?')}); source `notebooks/{source.name}`.*")
     first_heading = next((i for i, c in enumerate(cells) if c.cell_type == "markdown"

@@ -50,6 +50,7 @@ def smoke_book():
     return json.loads((SITE / "build-info.json").read_text()) | info
 
 
+@pytest.mark.slow
 def test_smoke_book_builds_with_warnings_as_errors_and_every_page_is_stamped(smoke_book):
     pages = smoke_book["page_list"]
     lectures = [p for p in pages if p.startswith("lectures/")]
@@ -62,6 +63,7 @@ def test_smoke_book_builds_with_warnings_as_errors_and_every_page_is_stamped(smo
         assert "Built in <b>smoke</b> mode" in text and commit in text and "machine " in text, p
 
 
+@pytest.mark.slow
 def test_no_built_page_loads_an_asset_from_the_web(smoke_book):
     assert book.remote_assets(SITE) == []
 
@@ -76,17 +78,18 @@ def test_remote_asset_scan_catches_scripts_styles_images_and_fonts(tmp_path):
     assert len(found) == 4 and not any(f.startswith("ok.html") for f in found), found
 
 
+@pytest.mark.slow
 def test_widget_cells_show_a_snapshot_and_how_to_run_live(smoke_book):
     staged = ROOT / "build" / "book_src" / "smoke" / "lectures" / "00_quickstart.ipynb"
     nb = nbformat.read(staged, as_version=4)
-    widget_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and any(
-        book.WIDGET_MIME in o.get("data", {}) for o in c.outputs)]
-    assert widget_cells, "notebook 00 has an explorer"
-    for i in widget_cells:
-        assert any("image/png" in o.get("data", {}) for o in nb.cells[i].outputs)
+    explorers = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "widgets." in c.source
+                 and any(book.WIDGET_MIME in o.get("data", {}) for o in c.outputs)]
+    assert explorers, "notebook 00 has an explorer"
+    for i in explorers:
+        assert any("image/png" in o.get("data", {}) for o in nb.cells[i].outputs)     # gpart_edu.snapshot
         assert "make lab" in nb.cells[i + 1].source
     html = (SITE / "lectures" / "00_quickstart.html").read_text()
-    assert "make lab" in html and "widget-view" not in html
+    assert "run the notebook live" in html and "widget-view" not in html
 
 
 # ----------------------------------------------------------------------------- headless Chromium
@@ -136,6 +139,8 @@ def _visit(ctx, base: str, page_path: str, outside: list, errors: list):
     return page
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_pages_render_math_and_figures_offline_in_chromium(smoke_book, served, browser):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for old in ARTIFACTS.glob("*.png"):
@@ -194,6 +199,7 @@ def _course_fixture(root: Path) -> Path:
     return c
 
 
+@pytest.mark.slow
 def test_course_pages_come_from_course_by_glob_and_solutions_only_for_instructors(tmp_path):
     course = _course_fixture(tmp_path)
     built = {}
@@ -231,7 +237,7 @@ def _tiny_lecture(folder: Path) -> Path:
 
 
 def test_execution_cache_takes_the_notebook_tests_first_pass_and_refuses_changes(tmp_path, monkeypatch):
-    import test_notebooks
+    from tests import test_notebooks
     path = _tiny_lecture(tmp_path / "notebooks")
     monkeypatch.setattr(test_notebooks, "NOTEBOOK_DIR", path.parent)
     monkeypatch.setattr(book_exec, "CACHE", tmp_path / "cache")
