@@ -191,8 +191,7 @@ def plot_matrix(M, ax=None, title: str = "", fmt: str = "{:.2f}", cmap: str = "B
         if M.size <= 400:
             ax.text(j, i, fmt.format(v) if v else "·", ha="center", va="center", fontsize=7,
                     color="white" if abs(v) > 0.6 * np.abs(M).max() else "black")
-    ax.set_xticks(range(M.shape[1]))
-    ax.set_yticks(range(M.shape[0]))
+    ax.set(xticks=range(M.shape[1]), yticks=range(M.shape[0]), xlabel="column index j", ylabel="row index i")
     ax.set_title(title, fontsize=9)
     return ax
 

@@ -68,9 +68,9 @@ def cached(nb_path: Path, mode: str, cache: Path | None = None, pkg: str | None 
     return nb if ok else None
 
 
-def _write(nb, nb_path: Path, mode: str, executed_by: str, cache: Path) -> Path:
+def _write(nb, nb_path: Path, mode: str, executed_by: str, cache: Path, meta: dict | None = None) -> Path:
     import nbformat
-    nb.metadata[KEY] = stamp(nb_path, mode, executed_by)
+    nb.metadata[KEY] = meta or stamp(nb_path, mode, executed_by)
     out = cache_path(nb_path, mode, cache)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
@@ -104,6 +104,8 @@ def execute(nb_path: Path, mode: str, cache: Path | None = None, figures_dir: Pa
     import nbformat
     from nbclient import NotebookClient
     nb = nbformat.read(nb_path, as_version=4)
+    by = "scripts/book_exec.py" + (" (figure export)" if figures_dir is not None else "")
+    meta = stamp(nb_path, mode, by)          # the hashes of what the kernel will import, taken before it starts
     hook = None
     if figures_dir is not None:
         hook = nbformat.v4.new_code_cell(
@@ -115,7 +117,7 @@ def execute(nb_path: Path, mode: str, cache: Path | None = None, figures_dir: Pa
     client.execute(env=kernel_env(mode))
     if hook is not None:
         nb.cells.remove(hook)
-    return _write(nb, nb_path, mode, "scripts/book_exec.py" + (" (figure export)" if hook else ""), cache)
+    return _write(nb, nb_path, mode, by, cache, meta)
 
 
 def ensure(mode: str, notebooks: list[Path] | None = None, cache: Path | None = None, figures_dir: Path | None = None,
