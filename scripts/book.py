@@ -247,7 +247,8 @@ def build(mode: str, instructor: bool = False, log=print, out: Path | None = Non
     """Build the book; returns build-info (pages, seconds). ``lectures=[]`` / ``include_docs=False`` /
     ``course_root`` / ``out`` / ``work`` (staging and doctrees) make a small book for tests."""
     t0 = time.perf_counter()
-    executed = book_exec.ensure(mode, lectures, log=log) if lectures != [] else {}
+    executed = book_exec.ensure(mode, lectures, figures_dir=book_exec.figures_dir(mode), log=log) \
+        if lectures != [] else {}
     t_exec = time.perf_counter() - t0
     stamp = make_stamp(mode, instructor)
     work = BUILD if work is None else Path(work)

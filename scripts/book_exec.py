@@ -22,6 +22,12 @@ PACKAGE_DIR = ROOT / "gpart_edu"
 CACHE = ROOT / "build" / "executed"
 KEY = "gpart_edu_execution"
 CELL_TIMEOUT = 1800
+FIGURES = ROOT / "build" / "figures"
+
+
+def figures_dir(mode: str) -> Path:
+    """Where executions export their figures (scripts/book_fighook.py; scripts/book_figures.py reads it)."""
+    return FIGURES / mode / "_raw"
 
 
 def lecture_notebooks() -> list[Path]:
@@ -121,16 +127,17 @@ def execute(nb_path: Path, mode: str, cache: Path | None = None, figures_dir: Pa
 
 
 def ensure(mode: str, notebooks: list[Path] | None = None, cache: Path | None = None, figures_dir: Path | None = None,
-           log=print) -> dict:
-    """{name: executed path}: reuse every valid cached copy, execute the rest. With ``figures_dir`` a copy
-    counts only if its figures were exported too (figures_dir/<stem>/figures.jsonl exists)."""
+           require_figures: bool = False, log=print) -> dict:
+    """{name: executed path}: reuse every valid cached copy, execute the rest. With ``figures_dir`` the
+    notebooks executed here also export their figures there (scripts/book_fighook.py); with
+    ``require_figures`` a cached copy counts only if its figures were exported with it."""
     pkg = package_hash()
     out = {}
     for path in notebooks or lecture_notebooks():
         hit = cached(path, mode, cache, pkg)
-        if hit is not None and figures_dir is not None:
-            hit = hit if (figures_dir / path.stem / "figures.jsonl").exists() and \
-                "figure export" in hit.metadata[KEY].get("executed_by", "") else None
+        if hit is not None and require_figures:
+            exported = figures_dir is not None and (Path(figures_dir) / path.stem / "figures.jsonl").exists()
+            hit = hit if exported and "figure export" in hit.metadata[KEY].get("executed_by", "") else None
         if hit is not None:
             log(f"cached   {mode:7s} {path.name} (executed by {hit.metadata[KEY]['executed_by']})")
             out[path.name] = cache_path(path, mode, cache)

@@ -71,8 +71,8 @@ def manifest(mode: str, executed: dict, raw: Path, captions: dict, commit: str) 
 
 def export(mode: str, log=print) -> tuple[list[dict], Path]:
     import book
-    raw = FIGURES / mode / "_raw"
-    executed = book_exec.ensure(mode, figures_dir=raw, log=log)
+    raw = book_exec.figures_dir(mode)
+    executed = book_exec.ensure(mode, figures_dir=raw, require_figures=True, log=log)
     rows = manifest(mode, executed, raw, load_captions(), book.git_commit())
     path = FIGURES / mode / "manifest.json"
     path.write_text(json.dumps(rows, indent=1, ensure_ascii=False))
