@@ -6,6 +6,8 @@ text readouts, and its pictures (``Image`` widgets, ``Output`` widgets' images, 
 offers that PNG in its display bundle: JupyterLab keeps showing the live widget (the widget view ranks first),
 while a static renderer (nbconvert, the book's myst-nb with the widget view dropped) shows the picture.
 Matplotlib is used through ``matplotlib.figure.Figure`` only (no pyplot), so nothing is shown or leaked.
+Seen in the book's pages of notebooks/00_quickstart.ipynb (section "4b · Explore"), 02 (section "7 · Explore"),
+03 (section "4 · Explore it yourself") and 05 (section "6 · Live training"): `make book`, README "Book".
 """
 from __future__ import annotations
 
