@@ -87,10 +87,12 @@ def write_if_changed(path: Path, data: bytes | str) -> bool:
 
 
 # ----------------------------------------------------------------------------------------- staging
-def stage_lecture(executed: Path, source: Path):
-    """The executed notebook ready for the book: widget cells show the snapshot and the live line."""
+def stage_lecture(executed: Path, source: Path, captions: dict | None = None):
+    """The executed notebook ready for the book: widget cells show the snapshot and the live line; figure
+    cells are followed by their caption (book/figures.yml)."""
     import nbformat
     nb = nbformat.read(executed, as_version=4)
+    captions = captions or {}
     nb.metadata.pop("widgets", None)                   # no widget state: the page needs no widget JavaScript
     meta = nb.metadata.get(book_exec.KEY, {})
     cells = []
@@ -100,6 +102,8 @@ def stage_lecture(executed: Path, source: Path):
             continue
         if any(WIDGET_MIME in o.get("data", {}) and "image/png" in o.get("data", {}) for o in cell.get("outputs", [])):
             cells.append(nbformat.v4.new_markdown_cell(LIVE_LINE))   # an explorer (gpart_edu.snapshot)
+        elif captions.get(cell.get("id")) and any("image/png" in o.get("data", {}) for o in cell.outputs):
+            cells.append(nbformat.v4.new_markdown_cell(f"**Figure.** {captions[cell.get('id')]}"))
     note = (f"*Outputs computed in **{meta.get('mode', '?')}** mode on {meta.get('date', '?')} "
             f"(executed by {meta.get('executed_by', '?')}); source `notebooks/{source.name}`.*")
     first_heading = next((i for i, c in enumerate(cells) if c.cell_type == "markdown"
@@ -204,8 +208,10 @@ def stage(instructor: bool, executed: dict, src: Path, stamp: dict, course_root:
           include_docs: bool = True) -> list[str]:
     """Write the Sphinx source tree into ``src``; remove staged files that no longer have a source."""
     wanted = {}
+    import book_figures
+    captions = book_figures.load_captions()
     for name, path in executed.items():
-        wanted[f"lectures/{name}"] = stage_lecture(path, book_exec.NOTEBOOK_DIR / name)
+        wanted[f"lectures/{name}"] = stage_lecture(path, book_exec.NOTEBOOK_DIR / name, captions.get(Path(name).stem))
     docs = sorted((ROOT / "docs").glob("*.md")) if include_docs else []
     for p in docs:
         wanted[f"docs/{p.name}"] = fix_links(p.read_text(), 1)

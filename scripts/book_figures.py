@@ -25,8 +25,10 @@ CAPTIONS = ROOT / "book" / "figures.yml"
 
 
 def load_captions(path: Path = CAPTIONS) -> dict:
+    """{notebook stem: {cell id: caption}} (keys as strings, whatever YAML made of them)."""
     import yaml
-    return yaml.safe_load(path.read_text()) or {} if path.exists() else {}
+    data = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    return {str(nb): {str(k): v for k, v in (cells or {}).items()} for nb, cells in data.items()}
 
 
 def cell_ids_by_count(executed: Path) -> dict:

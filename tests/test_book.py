@@ -290,8 +290,8 @@ def test_plot_helpers_label_their_figures(monkeypatch):
 
 
 def test_every_plot_cell_has_a_caption():
-    import yaml
-    captions = yaml.safe_load((ROOT / "book" / "figures.yml").read_text())
+    import book_figures
+    captions = book_figures.load_captions()
     missing = []
     for path in book_exec.lecture_notebooks():
         nb = nbformat.read(path, as_version=4)
