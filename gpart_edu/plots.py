@@ -138,8 +138,7 @@ def plot_landscape_surface(surface, ax=None, log: bool = False, levels=None, cma
                     antialiased=True, alpha=0.9)
     ax.scatter([0], [0], [_surface_values(surface, log)[len(a) // 2, len(b) // 2]], color="red", s=40,
                label="θ*")
-    ax.set_xlabel("a")
-    ax.set_ylabel("b")
+    ax.set(xlabel="a", ylabel="b", title="loss surface around θ*")
     ax.set_zlabel("log10 loss" if log else "loss")
     return ax
 

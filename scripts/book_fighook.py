@@ -15,8 +15,9 @@ from pathlib import Path
 _state: dict = {}
 
 
-def _series(ax) -> int:
-    """How many distinct data series ``ax`` draws (lines, scatter/collections, bar containers, images)."""
+def _series(ax) -> tuple[int, list[str]]:
+    """How many distinct data series ``ax`` draws (lines, scatter/collections, bar containers, labelled
+    patches), and the labels of those that have one."""
     lines = [ln for ln in ax.get_lines() if len(ln.get_xdata()) > 1 or ln.get_marker() not in ("None", None, "")]
     lines = [ln for ln in lines if not _is_reference(ln)]
     bars = list(getattr(ax, "containers", []))
@@ -24,7 +25,9 @@ def _series(ax) -> int:
     loose_patches = [p for p in ax.patches if id(p) not in patches_in_bars and p.get_label()
                      and not p.get_label().startswith("_")]
     colls = [c for c in ax.collections if c.get_label() and not c.get_label().startswith("_")]
-    return len(lines) + len(bars) + len(loose_patches) + len(colls)
+    labels = [a.get_label() for a in lines + bars + loose_patches + colls
+              if a.get_label() and not str(a.get_label()).startswith("_")]
+    return len(lines) + len(bars) + len(loose_patches) + len(colls), labels
 
 
 def _is_reference(line) -> bool:
@@ -41,10 +44,13 @@ def describe(fig) -> dict:
         if ax.get_label() == "<colorbar>" or not ax.get_visible() or not ax.has_data() and not ax.texts:
             continue
         three_d = hasattr(ax, "get_zlabel")
+        n, labels = _series(ax)
+        legend = ax.get_legend()
         axes.append({"title": ax.get_title() or ax.get_title("left") or ax.get_title("right"),
                      "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(),
                      "zlabel": ax.get_zlabel() if three_d else None,
-                     "series": _series(ax), "legend": ax.get_legend() is not None or bool(fig.legends),
+                     "series": n, "labels": labels, "legend": legend is not None or bool(fig.legends),
+                     "legend_labels": [t.get_text() for t in legend.get_texts()] if legend is not None else [],
                      "has_data": bool(ax.has_data())})
     return {"suptitle": suptitle, "axes": axes}
 
@@ -52,6 +58,7 @@ def describe(fig) -> dict:
 def problems(info: dict) -> list[str]:
     """What a figure lacks: a title (its own or the figure's), x and y labels, a legend for > 1 series."""
     out = []
+    shared = {t for ax in info["axes"] for t in ax.get("legend_labels", [])}   # one legend for all panels
     for i, ax in enumerate(info["axes"]):
         if not ax["has_data"]:
             continue
@@ -62,7 +69,8 @@ def problems(info: dict) -> list[str]:
             out.append(f"{where}: no x label")
         if not ax["ylabel"]:
             out.append(f"{where}: no y label")
-        if ax["series"] > 1 and not ax["legend"]:
+        explained = ax["legend"] or (ax.get("labels") and set(ax["labels"]) <= shared)
+        if ax["series"] > 1 and not explained:
             out.append(f"{where}: {ax['series']} series but no legend")
     return out
 
