@@ -80,14 +80,14 @@ def deck(name: str, nb, formulas: list, figures: list, stamp: dict) -> tuple[str
     if sections:
         slides.append("<section><h3>In this notebook</h3><ol>" + "".join(
             f"<li>{_md(h)}</li>" for h, _ in sections[:10]) + "</ol></section>")
-    room = MAX_SLIDES - len(slides) - 2
+    room = MAX_SLIDES - len(slides) - 3
     if len(figures) > room:                               # keep the figures evenly spread over the notebook
         figures = [figures[round(i * (len(figures) - 1) / max(room - 1, 1))] for i in range(room)]
     for fig in figures:
         slides.append(f"<section><img class='fig' src='../figures/{fig['png']}' alt='{html.escape(fig['id'])}'>"
                       f"<p class='caption'>{_md(fig['caption'] or fig['id'])}</p></section>")
     extra = [s for s in sections if s[1]]
-    while len(slides) < MIN_SLIDES - 2 and extra:          # short on figures: one slide per section
+    while len(slides) < MIN_SLIDES - 3 and extra:          # short on figures: one slide per section
         h, first = extra.pop(0)
         slides.append(f"<section><h3>{_md(h)}</h3><p>{_md(first)}</p></section>")
     lines = claims(nb)
@@ -97,6 +97,9 @@ def deck(name: str, nb, formulas: list, figures: list, stamp: dict) -> tuple[str
     slides.append(f"<section><h3>Run it</h3><pre>make lab        # then open notebooks/{name}\n"
                   f"GPART_EDU_MODE=smoke  # seconds; default: a laptop CPU; full: a GPU\n"
                   f"make book       # the offline book with every output</pre></section>")
+    slides.append(f"<section><h3>Read more</h3><ul><li>the book page of this notebook: "
+                  f"<code>build/book/lectures/{Path(name).stem}.html</code></li><li>every claim and the test that pins "
+                  f"it: <code>docs/claims.md</code></li><li>the papers: the book's References page</li></ul></section>")
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title or name)} — slides</title>
 <link rel="stylesheet" href="_assets/reveal/reset.css"><link rel="stylesheet" href="_assets/reveal/reveal.css">

@@ -309,3 +309,23 @@ def test_links_to_repository_files_become_text_and_notebook_links_point_at_lectu
         "see [the README](../index.md), [nb 03](../lectures/03_loss_landscapes.ipynb#grid), "
         "[landscapes](landscapes.md), x (`../gpart_edu/plots.py`) and [site](https://example.org)")
     assert re.search(r"\]\(\.\./index\.md\)", book.fix_links("[r](README.md)", 1))
+
+
+def test_a_slide_deck_has_8_to_15_slides_with_formulas_and_figures_and_loads_nothing_remote(tmp_path):
+    import book_slides
+    import yaml
+    formulas = yaml.safe_load((ROOT / "book" / "slides.yml").read_text())
+    assert set(formulas) == {p.stem for p in book_exec.lecture_notebooks()}, "one entry per lecture notebook"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 01 · Title\n\n## 1 · First\n\nOne. Two."),
+                                         nbformat.v4.new_code_cell("print('ok x')", outputs=[nbformat.v4.new_output(
+                                             "stream", name="stdout", text="ok  x: expected 1; measured 1\n")])])
+    stamp = {"banner": "Built in <b>smoke</b> mode"}
+    for n_figures in (0, 3, 40):
+        figs = [{"id": f"f{i}", "png": f"smoke/01/f{i}.png", "caption": f"caption {i}"} for i in range(n_figures)]
+        page, n = book_slides.deck("01_x.ipynb", nb, formulas["01_isometric_partition"], figs, stamp)
+        assert book_slides.MIN_SLIDES <= n <= book_slides.MAX_SLIDES, (n_figures, n)
+        assert page.count("<section>") == n and "\\[" in page
+        shown = page.count("class='fig'")
+        assert shown == n_figures if n_figures <= 3 else 3 < shown < n_figures       # many: spread, capped
+        (tmp_path / "deck.html").write_text(page)
+        assert book.remote_assets(tmp_path) == []
