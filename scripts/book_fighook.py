@@ -80,8 +80,7 @@ def _export(fig):
         return
     _state["done"].add(id(fig))
     _state["keep"].append(fig)               # keep it alive so its id() is not reused by a later figure
-    ip = _state["ip"]
-    count = ip.execution_count
+    count = _state["count"]
     k = sum(1 for r in _state["records"] if r["execution_count"] == count)
     stem = f"c{count:03d}-{k}"
     for ext in ("png", "svg"):
@@ -107,7 +106,12 @@ def install(out_dir: str, stem: str) -> None:
     d = Path(out_dir) / stem
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
-    _state.update(ip=ip, dir=d, done=set(), keep=[], records=[])
+    _state.update(dir=d, done=set(), keep=[], records=[], count=ip.execution_count)
+
+    def pre_run_cell(info=None):
+        _state["count"] = ip.execution_count     # the number this cell gets (IPython counts up after the cell)
+
+    ip.events.register("pre_run_cell", pre_run_cell)
     ip.events.register("post_execute", _export_open)       # before matplotlib-inline's flush_figures
     import matplotlib.pyplot as plt
     real_show, real_close = plt.show, plt.close
