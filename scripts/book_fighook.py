@@ -3,7 +3,8 @@
 Every matplotlib figure a cell leaves behind is saved as PNG and SVG before anyone can close it: at
 ``plt.show()`` (matplotlib-inline closes the figure there), at ``plt.close()``, and after the cell (a
 post_execute hook registered before matplotlib-inline's own, which flushes and closes). For each figure one
-JSON line goes to <out>/<stem>/figures.jsonl: the execution count of the cell, the files, and what the
+JSON line goes to <out>/<stem>/figures.jsonl: which cell drew it (``cell_seq``: the n-th cell run after the
+hook's own), the files, and what the
 matplotlib objects say of its labels (per axes: title, x/y label, number of labelled series, legend).
 """
 from __future__ import annotations
@@ -80,13 +81,13 @@ def _export(fig):
         return
     _state["done"].add(id(fig))
     _state["keep"].append(fig)               # keep it alive so its id() is not reused by a later figure
-    count = _state["count"]
-    k = sum(1 for r in _state["records"] if r["execution_count"] == count)
+    count = _state["seq"]
+    k = sum(1 for r in _state["records"] if r["cell_seq"] == count)
     stem = f"c{count:03d}-{k}"
     for ext in ("png", "svg"):
         fig.savefig(_state["dir"] / f"{stem}.{ext}", dpi=150 if ext == "png" else None, bbox_inches="tight")
     info = describe(fig)
-    rec = {"execution_count": count, "index": k, "png": f"{stem}.png", "svg": f"{stem}.svg", **info,
+    rec = {"cell_seq": count, "index": k, "png": f"{stem}.png", "svg": f"{stem}.svg", **info,
            "problems": problems(info)}
     _state["records"].append(rec)
     with open(_state["dir"] / "figures.jsonl", "a") as fh:
@@ -106,10 +107,10 @@ def install(out_dir: str, stem: str) -> None:
     d = Path(out_dir) / stem
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
-    _state.update(dir=d, done=set(), keep=[], records=[], count=ip.execution_count)
+    _state.update(dir=d, done=set(), keep=[], records=[], seq=0)
 
     def pre_run_cell(info=None):
-        _state["count"] = ip.execution_count     # the number this cell gets (IPython counts up after the cell)
+        _state["seq"] += 1     # the n-th cell run after this one (IPython versions differ in when they count up)
 
     ip.events.register("pre_run_cell", pre_run_cell)
     ip.events.register("post_execute", _export_open)       # before matplotlib-inline's flush_figures

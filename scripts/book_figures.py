@@ -31,11 +31,12 @@ def load_captions(path: Path = CAPTIONS) -> dict:
     return {str(nb): {str(k): v for k, v in (cells or {}).items()} for nb, cells in data.items()}
 
 
-def cell_ids_by_count(executed: Path) -> dict:
-    """{execution_count: cell id} of an executed notebook."""
+def cell_ids_by_seq(executed: Path) -> dict:
+    """{n: id of the n-th code cell that ran} of an executed notebook (cells that ran have a count)."""
     import nbformat
     nb = nbformat.read(executed, as_version=4)
-    return {c.execution_count: c.get("id") for c in nb.cells if c.cell_type == "code" and c.execution_count}
+    ran = [c.get("id") for c in nb.cells if c.cell_type == "code" and c.execution_count]
+    return {i + 1: cid for i, cid in enumerate(ran)}
 
 
 def manifest(mode: str, executed: dict, raw: Path, captions: dict, commit: str) -> list[dict]:
@@ -46,13 +47,13 @@ def manifest(mode: str, executed: dict, raw: Path, captions: dict, commit: str) 
         records = raw / stem / "figures.jsonl"
         if not records.exists():
             continue
-        ids = cell_ids_by_count(path)
+        ids = cell_ids_by_seq(path)
         recs = [json.loads(line) for line in records.read_text().splitlines() if line.strip()]
         per_cell: dict = {}
         for r in recs:
-            per_cell.setdefault(r["execution_count"], []).append(r)
+            per_cell.setdefault(r["cell_seq"], []).append(r)
         for count, group in per_cell.items():
-            cell = ids.get(count, f"exec{count}")
+            cell = ids.get(count, f"cell{count}")
             for r in group:
                 fid = f"{stem}-{cell}-{r['index'] + 1}"
                 files = {}

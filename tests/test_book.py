@@ -274,8 +274,9 @@ def test_figure_export_sees_figures_closed_by_show_and_close_and_checks_their_la
     assert recs[2]["problems"] == []
     executed = nbformat.read(book_exec.cache_path(path, "smoke"), as_version=4)
     assert len(executed.cells) == 4 and "book_fighook" not in "".join(c.source for c in executed.cells)
-    counts = [c.execution_count for c in executed.cells if c.cell_type == "code"]
-    assert [r["execution_count"] for r in recs] == counts      # each figure maps to the cell that drew it
+    import book_figures
+    ids = book_figures.cell_ids_by_seq(book_exec.cache_path(path, "smoke"))
+    assert [ids[r["cell_seq"]] for r in recs] == [c.id for c in executed.cells if c.cell_type == "code"]
 
 
 def test_plot_helpers_label_their_figures(monkeypatch):
