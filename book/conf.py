@@ -47,6 +47,6 @@ html_theme_options = {
     "show_toc_level": 2,
     "navigation_with_keys": False,
 }
-html_context = {"gpart_stamp": STAMP}
+html_context = {"gpart_stamp": STAMP, "default_mode": "light"}
 html_copy_source = False
 html_show_sourcelink = False

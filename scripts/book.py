@@ -107,7 +107,10 @@ def stage_lecture(executed: Path, source: Path, captions: dict | None = None):
     note = (f"*Outputs computed in **{meta.get('mode', '?')}** mode on {meta.get('date', '?')} "
             f"(executed by {meta.get('executed_by', '?')}); source `notebooks/{source.name}`.*")
     first_heading = next((i for i, c in enumerate(cells) if c.cell_type == "markdown"
-                          and c.source.lstrip().startswith("# ")), -1)
+                          and c.source.lstrip().startswith("# ")), None)
+    if first_heading is None:                           # the page needs a title: Sphinx takes the first heading
+        cells.insert(0, nbformat.v4.new_markdown_cell(f"# {title_for(source.stem)}"))
+        first_heading = 0
     cells.insert(first_heading + 1, nbformat.v4.new_markdown_cell(note))
     for i, c in enumerate(cells):                       # fresh, unique ids for the cells this step added
         c.setdefault("id", f"book-{i}")
@@ -115,6 +118,16 @@ def stage_lecture(executed: Path, source: Path, captions: dict | None = None):
             c["id"] = f"book-{i}"
     nb.cells = cells
     return nbformat.writes(nb)
+
+
+# page titles for notebooks that open without a "# " heading (the notebooks themselves are not edited here)
+TITLES = {"01_isometric_partition": "01 · The isometric partition: P by hand, then at scale",
+          "02_lora_unilora_geometry": "02 · LoRA and Uni-LoRA geometry: distance ratios and Jacobian spectra"}
+
+
+def title_for(stem: str) -> str:
+    num, _, rest = stem.partition("_")
+    return TITLES.get(stem, f"{num} · {rest.replace('_', ' ').capitalize()}")
 
 
 HINT = re.compile(r"^\s*(?:#+\s*)?(?:\*\*)?(hint|tip)\b", re.I)
