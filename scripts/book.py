@@ -69,8 +69,9 @@ def machine() -> str:
 def make_stamp(mode: str, instructor: bool) -> dict:
     sys.path.insert(0, str(ROOT))
     from gpart_edu import __version__
+    # the day, not the minute: a stamp that changes every build would make Sphinx rewrite every page
     s = {"mode": mode, "instructor": instructor, "commit": git_commit(), "machine": machine(),
-         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "version": __version__}
+         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), "version": __version__}
     s["banner"] = (f"Built in <b>{mode}</b> mode{' (instructor edition)' if instructor else ''} · commit "
                    f"<code>{s['commit']}</code> · {s['date']} · machine {s['machine']}")
     return s
@@ -112,9 +113,9 @@ def stage_lecture(executed: Path, source: Path, captions: dict | None = None):
         cells.insert(0, nbformat.v4.new_markdown_cell(f"# {title_for(source.stem)}"))
         first_heading = 0
     cells.insert(first_heading + 1, nbformat.v4.new_markdown_cell(note))
-    for i, c in enumerate(cells):                       # fresh, unique ids for the cells this step added
-        c.setdefault("id", f"book-{i}")
-        if not c.get("id"):
+    original = {id(c) for c in nb.cells}
+    for i, c in enumerate(cells):                       # stable ids for the cells this step added
+        if id(c) not in original:
             c["id"] = f"book-{i}"
     nb.cells = cells
     return nbformat.writes(nb)
