@@ -139,6 +139,8 @@ def stage_exercise(path: Path) -> str:
     import nbformat
     nb = nbformat.read(path, as_version=4)
     nb.metadata.pop("widgets", None)
+    nb.metadata.setdefault("language_info", {"name": "python"})      # the code cells' highlighting
+    nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
     for c in nb.cells:
         tags = c.get("metadata", {}).get("tags", [])
         if c.cell_type == "markdown" and ("hint" in tags or HINT.match(c.source)):
