@@ -107,6 +107,10 @@ def stage_lecture(executed: Path, source: Path, captions: dict | None = None):
             cells.append(nbformat.v4.new_markdown_cell(f"**Figure.** {captions[cell.get('id')]}"))
     note = (f"*Outputs computed in **{meta.get('mode', '?')}** mode on {meta.get('date', '?')} "
             f"(executed by {meta.get('executed_by', '?')}); source `notebooks/{source.name}`.*")
+    if meta.get("errors"):
+        note += ("\n\n:::{warning}\nThis notebook raised an error in this mode; the traceback is shown at the "
+                 "failing cell and the cells after it may be incomplete:\n\n"
+                 + "\n".join(f"- `{e.splitlines()[0][:200]}`" for e in meta["errors"]) + "\n:::\n")
     first_heading = next((i for i, c in enumerate(cells) if c.cell_type == "markdown"
                           and c.source.lstrip().startswith("# ")), None)
     if first_heading is None:                           # the page needs a title: Sphinx takes the first heading
@@ -297,10 +301,19 @@ def build(mode: str, instructor: bool = False, log=print, out: Path | None = Non
     info = {"mode": mode, "instructor": instructor, "pages": len(pages), "executed_s": round(t_exec, 1),
             "sphinx_s": round(time.perf_counter() - t1, 1), "total_s": round(time.perf_counter() - t0, 1),
             "changed": len(changed), "index": str(out / "index.html"), "commit": stamp["commit"]}
+    failed = {name: nbformat_errors(path) for name, path in executed.items()}
+    info["notebook_errors"] = {k: v for k, v in failed.items() if v}
     (out / "build-info.json").write_text(json.dumps({**info, "page_list": pages}, indent=1))
     log(f"book     {info['pages']} pages in {out}/ (execute {info['executed_s']} s, sphinx {info['sphinx_s']} s, "
         f"total {info['total_s']} s); open {out / 'index.html'}")
+    for name, errs in info["notebook_errors"].items():
+        log(f"ERROR    {name} raised in {mode} mode (shown on its page): " + "; ".join(e[:200] for e in errs))
     return info
+
+
+def nbformat_errors(path: Path) -> list[str]:
+    import nbformat
+    return book_exec.errors(nbformat.read(path, as_version=4))
 
 
 def main(argv=None) -> int:
@@ -308,8 +321,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", default="default", choices=["smoke", "default", "full"])
     ap.add_argument("--instructor", action="store_true", help="include instructor notes and solutions")
     a = ap.parse_args(argv)
-    build(a.mode, a.instructor)
-    return 0
+    info = build(a.mode, a.instructor)
+    return 1 if info["notebook_errors"] else 0
 
 
 if __name__ == "__main__":

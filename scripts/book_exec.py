@@ -99,6 +99,12 @@ def store_from_cells(nb_path: Path, code_cells: list, mode: str = "smoke", cache
     return _write(nb, nb_path, mode, executed_by, cache)
 
 
+def errors(nb) -> list[str]:
+    """'cell <id>: <exception>' for every code cell of ``nb`` with an error output."""
+    return [f"cell {c.get('id')}: {o.get('ename')}: {str(o.get('evalue'))[:300]}" for c in nb.cells
+            if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+
+
 def kernel_env(mode: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}   # a leaked Agg hides every plot
     env.update(GPART_EDU_MODE=mode, OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"))
@@ -118,11 +124,14 @@ def execute(nb_path: Path, mode: str, cache: Path | None = None, figures_dir: Pa
             f"import sys; sys.path.insert(0, {str(ROOT / 'scripts')!r}); import book_fighook; "
             f"book_fighook.install({str(figures_dir)!r}, {nb_path.stem!r})")
         nb.cells.insert(0, hook)
-    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
+    # errors do not stop the run: the book shows the failing cell's traceback and says so at the top of the page,
+    # and scripts/book.py exits non-zero (a failed claim must not pass silently, nor hide the rest of the book)
+    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", allow_errors=True,
                             resources={"metadata": {"path": str(nb_path.parent)}})
     client.execute(env=kernel_env(mode))
     if hook is not None:
         nb.cells.remove(hook)
+    meta["errors"] = errors(nb)
     return _write(nb, nb_path, mode, by, cache, meta)
 
 

@@ -52,6 +52,7 @@ def smoke_book():
 
 @pytest.mark.slow
 def test_smoke_book_builds_with_warnings_as_errors_and_every_page_is_stamped(smoke_book):
+    assert smoke_book["notebook_errors"] == {}
     pages = smoke_book["page_list"]
     lectures = [p for p in pages if p.startswith("lectures/")]
     assert len(lectures) == len(book_exec.lecture_notebooks()), lectures
