@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import platform
+import posixpath
 import re
 import shutil
 import subprocess
@@ -35,7 +36,7 @@ LIVE_LINE = ("*A static snapshot of the explorer above, as the notebook left it.
 REMOTE_ASSET = re.compile(
     r"""<(?:script|img|source|iframe)\b[^>]*\bsrc\s*=\s*["']\s*(?:https?:)?//[^"']*["']"""
     r"""|<link\b[^>]*\bhref\s*=\s*["']\s*(?:https?:)?//[^"']*["'][^>]*>"""
-    r"""|url\(\s*["']?\s*(?:https?:)?//""", re.I)
+    r"""|url\(\s*["']?\s*(?:https?:)?//|@import\s+["']\s*(?:https?:)?//""", re.I)
 
 
 def variant(mode: str, instructor: bool) -> str:
@@ -138,8 +139,8 @@ def title_for(stem: str) -> str:
 HINT = re.compile(r"^\s*(?:#+\s*)?(?:\*\*)?(hint|tip)\b", re.I)
 
 
-def stage_exercise(path: Path) -> str:
-    """A student exercise notebook: markdown cells tagged "hint" (or starting with "Hint") fold away."""
+def stage_exercise(path: Path, rel: str, staged: set) -> str:
+    """A course notebook: markdown cells tagged "hint" (or starting with "Hint") fold away; links fixed."""
     import nbformat
     nb = nbformat.read(path, as_version=4)
     nb.metadata.pop("widgets", None)
@@ -147,6 +148,8 @@ def stage_exercise(path: Path) -> str:
     nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
     for c in nb.cells:
         tags = c.get("metadata", {}).get("tags", [])
+        if c.cell_type == "markdown":
+            c.source = fix_links(c.source, rel, staged)
         if c.cell_type == "markdown" and ("hint" in tags or HINT.match(c.source)):
             c.source = f":::{{admonition}} Hint\n:class: dropdown\n\n{c.source}\n:::\n"
         elif c.cell_type == "code" and "hint" in tags:
@@ -154,43 +157,44 @@ def stage_exercise(path: Path) -> str:
     return nbformat.writes(nb)
 
 
-def fix_links(text: str, depth: int) -> str:
-    """Links of a repository page, for the book: README → the book's index, notebooks → lecture pages;
-    other repository files (not part of the book) become plain code text instead of dead links."""
-    up = "../" * depth
+def fix_links(text: str, rel: str, staged: set) -> str:
+    """Links of the repository page ``rel`` (staged at the same relative path), for the book: the top README
+    → the book's index, lecture notebooks → their pages, other staged pages unchanged; repository files that
+    are not in the book (code, tests, solutions in the student edition) become code text, not dead links."""
+    here = posixpath.dirname(rel)
+    up = "../" * rel.count("/")
 
     def repl(m):
         label, target = m.group(1), m.group(2)
         if re.match(r"^(https?:|mailto:|#)", target):
             return m.group(0)
         path, _, anchor = target.partition("#")
-        name = Path(path).name
-        if name == "README.md" and "course" not in path:
-            return f"[{label}]({up}index.md)"
-        if re.match(r"^\d\d_.*\.ipynb$", name):
-            return f"[{label}]({up}lectures/{name}{'#' + anchor if anchor else ''})"
-        if path.endswith(".md") and not path.startswith(".."):
-            return m.group(0)                            # a sibling page: Sphinx resolves it
+        anchor = "#" + anchor if anchor else ""
+        repo = posixpath.normpath(posixpath.join(here, path))
+        if repo == "README.md":
+            return f"[{label}]({up}index.md{anchor})"
+        if repo.startswith("notebooks/") and f"lectures/{posixpath.basename(repo)}" in staged:
+            return f"[{label}]({up}lectures/{posixpath.basename(repo)}{anchor})"
+        if repo in staged:
+            return m.group(0)                            # a page of the book at the same relative place
         return f"{label} (`{path}`)" if label.strip("`") != path else f"`{path}`"
     return re.sub(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)", repl, text)
 
 
 def course_pages(instructor: bool, course: Path | None = None) -> dict:
-    """{staged relative path: source path} of the course pages that exist now (course/ lands separately)."""
+    """{staged relative path: source path} of the course pages that exist now (course/ lands separately),
+    at their repository paths; solutions and instructor notes only for the instructor edition."""
     c = ROOT / "course" if course is None else Path(course)
     pages = {}
     if (c / "README.md").exists():
-        pages["course/index.md"] = c / "README.md"
-    for p in sorted((c / "exercises" / "student").glob("*.ipynb")):
-        pages[f"course/exercises/{p.name}"] = p
-    for p in sorted((c / "questionnaires").glob("*.md")):
-        pages[f"course/questionnaires/{p.name}"] = p
+        pages["course/README.md"] = c / "README.md"
+    globs = ["exercises/student/*.ipynb", "exercises/student/*.md", "questionnaires/*.md"]
     if instructor:
-        for p in sorted((c / "instructor").glob("*.md")):
-            pages[f"course/instructor/{p.name}"] = p
-        for sub in ("solutions", "solution", "source"):
-            for p in sorted((c / "exercises" / sub).glob("*.ipynb")):
-                pages[f"course/solutions/{p.name}"] = p
+        globs += ["instructor/*.md", "instructor/*.ipynb"] + [f"exercises/{sub}/*.ipynb" for sub in
+                                                            ("solutions", "solution", "source")]
+    for g in globs:
+        for p in sorted(c.glob(g)):
+            pages[f"course/{p.relative_to(c).as_posix()}"] = p
     return pages
 
 
@@ -201,8 +205,8 @@ def toctree(caption: str, entries: list[str]) -> str:
 
 
 def index_page(stamp: dict, lectures: list[str], docs: list[str], course: dict) -> str:
-    course_entries = (["course/index"] if "course/index.md" in course else []) + \
-        sorted(k[:-len(Path(k).suffix)] for k in course if k != "course/index.md")
+    course_entries = (["course/README"] if "course/README.md" in course else []) + \
+        sorted(k[:-len(Path(k).suffix)] for k in course if k != "course/README.md")
     course_note = "" if course else (
         "The course pages (exercises with hints, questionnaires, instructor notes) appear here once `course/` "
         "exists in the repository: the build includes whatever of it it finds.\n\n")
@@ -233,12 +237,14 @@ def stage(instructor: bool, executed: dict, src: Path, stamp: dict, course_root:
     for name, path in executed.items():
         wanted[f"lectures/{name}"] = stage_lecture(path, book_exec.NOTEBOOK_DIR / name, captions.get(Path(name).stem))
     docs = sorted((ROOT / "docs").glob("*.md")) if include_docs else []
-    for p in docs:
-        wanted[f"docs/{p.name}"] = fix_links(p.read_text(), 1)
     course = course_pages(instructor, course_root)
+    staged = {f"docs/{p.name}" for p in docs} | set(course) | {"glossary.md", "references.md"} | \
+        {f"lectures/{name}" for name in executed}
+    for p in docs:
+        wanted[f"docs/{p.name}"] = fix_links(p.read_text(), f"docs/{p.name}", staged)
     for rel, p in course.items():
-        depth = rel.count("/")
-        wanted[rel] = stage_exercise(p) if p.suffix == ".ipynb" else fix_links(p.read_text(), depth)
+        wanted[rel] = stage_exercise(p, rel, staged) if p.suffix == ".ipynb" else \
+            fix_links(p.read_text(), rel, staged)
     for name in ("glossary.md", "references.md"):
         wanted[name] = (ROOT / "book" / name).read_text()
     wanted["index.md"] = index_page(stamp, sorted(executed), [p.name for p in docs], course)

@@ -73,10 +73,11 @@ def test_remote_asset_scan_catches_scripts_styles_images_and_fonts(tmp_path):
     (tmp_path / "a.html").write_text('<script src="https://cdn.example/x.js"></script>'
                                      '<link rel="stylesheet" href="//cdn.example/x.css">'
                                      '<img src="http://example.org/a.png"><a href="https://ok.example/">a link</a>')
-    (tmp_path / "b.css").write_text("@font-face { src: url('https://fonts.example/f.woff2') }")
+    (tmp_path / "b.css").write_text("@import 'https://fonts.example/x.css';\n"
+                                    "@font-face { src: url('https://fonts.example/f.woff2') }")
     (tmp_path / "ok.html").write_text('<script src="_static/x.js"></script><img src="a.png">')
     found = book.remote_assets(tmp_path)
-    assert len(found) == 4 and not any(f.startswith("ok.html") for f in found), found
+    assert len(found) == 5 and not any(f.startswith("ok.html") for f in found), found
 
 
 @pytest.mark.slow
@@ -186,7 +187,8 @@ def _course_fixture(root: Path) -> Path:
     (c / "exercises" / "solutions").mkdir(parents=True)
     (c / "questionnaires").mkdir()
     (c / "instructor").mkdir()
-    (c / "README.md").write_text("# The course\n\nExercises and questionnaires.\n")
+    (c / "README.md").write_text("# The course\n\nStart with [exercise 1](exercises/student/ex1_partition.ipynb); "
+                                 "background in [lecture 01](../notebooks/01_isometric_partition.ipynb).\n")
     ex = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_markdown_cell("# Exercise 1 · P has orthonormal columns"),
         nbformat.v4.new_code_cell("# TODO: build P for D = 12, d = 3\nP = None"),
@@ -195,7 +197,8 @@ def _course_fixture(root: Path) -> Path:
     sol = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Solution 1 · P has orthonormal columns"),
                                           nbformat.v4.new_code_cell("P = 'SOLUTION-MARKER'")])
     nbformat.write(sol, c / "exercises" / "solutions" / "ex1_partition.ipynb")
-    (c / "questionnaires" / "q1.md").write_text("# Questionnaire 1\n\n1. Why is $P^\\top P = I$?\n")
+    (c / "questionnaires" / "q1.md").write_text("# Questionnaire 1\n\n1. Why is $P^\\top P = I$? See [the course]"
+                                                "(../README.md) and [the solution](../exercises/solutions/ex1_partition.ipynb).\n")
     (c / "instructor" / "notes.md").write_text("# Instructor notes\n\nINSTRUCTOR-MARKER\n")
     return c
 
@@ -210,13 +213,13 @@ def test_course_pages_come_from_course_by_glob_and_solutions_only_for_instructor
                           include_docs=False, work=tmp_path / "work")
         built[instructor] = (out, info)
     out, _ = built[False]
-    ex = (out / "course" / "exercises" / "ex1_partition.html").read_text()
+    ex = (out / "course" / "exercises" / "student" / "ex1_partition.html").read_text()
     assert "every weight belongs to exactly one group" in ex and "dropdown" in ex    # the hint, folded
-    assert (out / "course" / "questionnaires" / "q1.html").exists() and (out / "course" / "index.html").exists()
+    assert (out / "course" / "questionnaires" / "q1.html").exists() and (out / "course" / "README.html").exists()
     student_text = "".join(p.read_text() for p in out.rglob("*.html"))
     assert "SOLUTION-MARKER" not in student_text and "INSTRUCTOR-MARKER" not in student_text
     out_i, _ = built[True]
-    assert "SOLUTION-MARKER" in (out_i / "course" / "solutions" / "ex1_partition.html").read_text()
+    assert "SOLUTION-MARKER" in (out_i / "course" / "exercises" / "solutions" / "ex1_partition.html").read_text()
     assert "INSTRUCTOR-MARKER" in (out_i / "course" / "instructor" / "notes.html").read_text()
     assert "instructor edition" in (out_i / "index.html").read_text()
 
@@ -309,10 +312,14 @@ def test_every_plot_cell_has_a_caption():
 def test_links_to_repository_files_become_text_and_notebook_links_point_at_lecture_pages():
     text = ("see [the README](../README.md), [nb 03](../notebooks/03_loss_landscapes.ipynb#grid), "
             "[landscapes](landscapes.md), [x](../gpart_edu/plots.py) and [site](https://example.org)")
-    assert book.fix_links(text, 1) == (
+    staged = {"docs/landscapes.md", "course/README.md", "course/exercises/student/ex1.ipynb",
+              "lectures/03_loss_landscapes.ipynb"}
+    assert book.fix_links(text, "docs/geometry.md", staged) == (
         "see [the README](../index.md), [nb 03](../lectures/03_loss_landscapes.ipynb#grid), "
         "[landscapes](landscapes.md), x (`../gpart_edu/plots.py`) and [site](https://example.org)")
-    assert re.search(r"\]\(\.\./index\.md\)", book.fix_links("[r](README.md)", 1))
+    course = "[course](../README.md), [ex 1](../exercises/student/ex1.ipynb), [sol](../exercises/solutions/ex1.ipynb)"
+    assert book.fix_links(course, "course/questionnaires/q1.md", staged) == (
+        "[course](../README.md), [ex 1](../exercises/student/ex1.ipynb), sol (`../exercises/solutions/ex1.ipynb`)")
 
 
 def test_a_slide_deck_has_8_to_15_slides_with_formulas_and_figures_and_loads_nothing_remote(tmp_path):
