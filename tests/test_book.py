@@ -19,7 +19,6 @@ import functools
 import http.server
 import json
 import os
-import re
 import sys
 import threading
 from pathlib import Path
@@ -198,8 +197,9 @@ def _course_fixture(root: Path) -> Path:
     sol = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Solution 1 · P has orthonormal columns"),
                                           nbformat.v4.new_code_cell("P = 'SOLUTION-MARKER'")])
     nbformat.write(sol, c / "exercises" / "solutions" / "ex1_partition.ipynb")
-    (c / "questionnaires" / "q1.md").write_text("# Questionnaire 1\n\n1. Why is $P^\\top P = I$? See [the course]"
-                                                "(../README.md) and [the solution](../exercises/solutions/ex1_partition.ipynb).\n")
+    (c / "questionnaires" / "q1.md").write_text(
+        "# Questionnaire 1\n\n1. Why is $P^\\top P = I$? See [the course](../README.md) and "
+        "[the solution](../exercises/solutions/ex1_partition.ipynb).\n")
     (c / "instructor" / "notes.md").write_text("# Instructor notes\n\nINSTRUCTOR-MARKER\n")
     return c
 
