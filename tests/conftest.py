@@ -87,3 +87,13 @@ def minilm_or_skip():
         return assets.minilm_path()
     except assets.AssetMissing as e:
         pytest.skip(f"offline MiniLM missing: {e}")
+
+
+# The book test builds the smoke book from the executed copies that tests/test_notebooks.py leaves in
+# build/executed/smoke/ (scripts/book_exec.py), so in one pytest run it must come after the notebook tests;
+# pytest collects files alphabetically (test_book < test_notebooks). Run alone, it executes what is missing.
+RUN_LAST = ("test_book.py",)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: item.path.name in RUN_LAST)     # stable: the rest keep their order
