@@ -6,7 +6,8 @@ parameter (the classification head: peft's modules_to_save), and string metadata
     targets (JSON list of [name, kind, in, out, has_bias]), base (JSON {layer: fingerprint of its pretrained
     weight}), head (JSON list of the saved head parameter names),
     checksum (sha256 over every other metadata entry and every tensor's name, dtype, shape and bytes).
-For GPart this is d numbers plus a seed (and the head): ~4 (d + head) bytes plus a header of about a KiB.
+For GPart this is d numbers plus a seed (and the head): ~4 (d + head) bytes plus a header of a few KiB
+(config, checksum, and one name + fingerprint per adapted layer: it grows with the layers, never with d).
 Version 1 files (theta only, no checksum over the config) still load, with a warning to re-save them.
 Everything read is validated (types, bounds, theta's length, finite values) before the caller touches a model.
 safetensors is used because it is a small, well-kept format with a bounds-checked header (no pickle).
