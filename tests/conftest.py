@@ -8,7 +8,17 @@ import torch
 from torch import nn
 
 os.environ.setdefault("GPART_EDU_MODE", "smoke")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One intra-op thread per process (pytest, the notebook kernels and JupyterLab's kernels inherit it) unless the
+# caller sets OMP_NUM_THREADS. The suite is many small ops in several processes at once; with 2 threads on the
+# 2-core machine and any other CPU load, each parallel region waits for the thread whose core is taken. Measured
+# (test_geometry + test_spectrum_certified): 41 s with 2 threads vs 22 s with 1 beside one busy loop; 26 s vs 24 s
+# idle. A loaded `make test` with 2 threads took 101 min and timed out in the browser test (issue 14).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+try:
+    torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
+except ValueError:
+    raise RuntimeError(f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']!r} is not a whole number; "
+                       "unset it or give the number of threads, e.g. OMP_NUM_THREADS=1") from None
 
 
 class MLP(nn.Module):

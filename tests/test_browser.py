@@ -466,30 +466,45 @@ def move_slider(lab, flow: Flow, stem: str, timeout_s: float = SLIDER_S) -> str:
     return after
 
 
+def _delete_current_session(lab) -> str | None:
+    """Delete the session of the notebook in front; return its kernel id (None when it has no kernel)."""
+    kernel_id = lab.page.evaluate(STATE_JS)["kernelId"]
+    for s in lab.api("GET", "/api/sessions"):
+        if kernel_id and s["kernel"]["id"] == kernel_id:
+            lab.api("DELETE", f"/api/sessions/{s['id']}")
+    return kernel_id
+
+
 def shutdown_kernel(lab):
-    """Delete the current notebook's session; its kernel process must really exit."""
+    """Delete the current notebook's session; *its* kernel process (found by the kernel id in its connection
+    file's name) must really exit. Kernels of other notebooks are not waited for: one left busy by an earlier
+    failed test must not fail this one."""
     kernel_id = lab.page.evaluate(STATE_JS)["kernelId"]
     lab.track()
-    kernel_pids = {p: lab.seen[p] for p in lab.kernels_seen if _alive(p, lab.seen[p][0])}
-    for s in lab.api("GET", "/api/sessions"):
-        if s["kernel"]["id"] == kernel_id:
-            lab.api("DELETE", f"/api/sessions/{s['id']}")
-    wait_until(lambda: not any(_alive(p, s) for p, (s, _) in kernel_pids.items()), TEARDOWN_S,
+    mine = {p: lab.seen[p] for p in lab.kernels_seen
+            if kernel_id and kernel_id in lab.seen[p][1] and _alive(p, lab.seen[p][0])}
+    assert mine, f"no live kernel process found for the notebook's kernel {kernel_id!r}"
+    _delete_current_session(lab)
+    wait_until(lambda: not any(_alive(p, s) for p, (s, _) in mine.items()), TEARDOWN_S,
                "the notebook's kernel process to exit after its session was deleted")
 
 
 @pytest.mark.parametrize("flow", FLOWS, ids=[f.notebook.split(".")[0] for f in FLOWS])
 def test_notebook_runs_and_explorer_responds_in_jupyterlab(lab, flow):
     stem = flow.notebook.split(".")[0]
-    cells, seconds = open_and_run_all(lab, flow.notebook, flow.run_timeout_s)
-    problems = cell_problems(cells)
-    assert not problems, f"{flow.notebook} in JupyterLab:\n" + "\n".join(problems)
-    first_plot = lab.page.locator(".jp-OutputArea-output img").first
-    if first_plot.count():
-        shot(lab.page, first_plot, f"{stem}_1_plot.png")
-    print(f"{flow.notebook}: Run All took {seconds:.1f} s in the browser (smoke mode)")
-    if flow.slider:
-        move_slider(lab, flow, stem)
+    try:
+        cells, seconds = open_and_run_all(lab, flow.notebook, flow.run_timeout_s)
+        problems = cell_problems(cells)
+        assert not problems, f"{flow.notebook} in JupyterLab:\n" + "\n".join(problems)
+        first_plot = lab.page.locator(".jp-OutputArea-output img").first
+        if first_plot.count():
+            shot(lab.page, first_plot, f"{stem}_1_plot.png")
+        print(f"{flow.notebook}: Run All took {seconds:.1f} s in the browser (smoke mode)")
+        if flow.slider:
+            move_slider(lab, flow, stem)
+    except BaseException:
+        _quiet(lambda: _delete_current_session(lab))   # a failed notebook's kernel must not run on into the next
+        raise
     shutdown_kernel(lab)
 
 
