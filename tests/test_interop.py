@@ -399,7 +399,7 @@ def test_the_lab_works_on_an_imported_peft_lora(tmp_path):
     adapter = ge.load_peft(path, model)
     s = jacobian.singular_value_sample(adapter, m=40)
     assert s.max() / max(s.min(), 1e-300) > 2                     # bilinear: a spread, not an isometry
-    r = geometry.distance_ratios(adapter, n_pairs=5, scale=float(adapter.theta.norm()))
+    r = geometry.distance_ratios(adapter, n_pairs=5, scale=float(adapter.theta.detach().norm()))
     assert abs(r - 1).max() > 1e-3
     data = {"input_ids": IDS, "labels": torch.tensor([0, 2, 1])}
     obj = L.Objective(model, data)
