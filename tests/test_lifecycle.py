@@ -109,7 +109,7 @@ def test_toy_fit_on_a_bf16_model_is_as_good_as_float32_theta():
             loss = (model(x).float() - y).square().mean()
             loss.backward()
             opt.step()
-        losses[theta_dtype] = float(loss)
+        losses[theta_dtype] = float(loss.detach())
     default = ge.attach(nn.Sequential(nn.Linear(8, 4)).to(torch.bfloat16), "gpart", d=4, targets=["0"], trainable=())
     assert default.theta.dtype == torch.float32                             # the default is the good one
     assert losses[torch.float32] < 0.25 * losses[torch.bfloat16], losses    # bf16 theta: AdamW's steps round away
